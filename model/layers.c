@@ -1,0 +1,441 @@
+/*
+ * model/layers.c - forward and backward kernels of every layer type, batched.
+ *
+ * Layout: activations are row-major (B, in_size) / (B, out_size); an image sample is
+ * (C, H, W). Parameters follow torch's state_dict: Linear weight (O, I), Conv2d weight
+ * (OC, IC, KH, KW). Matrix products go to OpenBLAS: sgemv for a single row (sgemm would pack
+ * the whole weight matrix for one row), sgemm otherwise.
+ *
+ * Each layer_forward has its layer_backward right below it. Backward overwrites parameter
+ * gradients (one backward per optimizer step), it never accumulates across calls.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Linear: y (B, O) = x (B, I) W^T (I, O) + b
+ * ---------------------------------------------------------------------------------------- */
+
+/* Adds the bias to each of B rows of y (B, n) and, if relu, clamps at 0: one pass. */
+static void bias_act_rows(float *y, const float *b, size_t B, size_t n, bool relu)
+{
+    for (size_t r = 0; r < B; r++) {
+        float *row = y + r * n;
+        if (b != NULL && relu) {
+            for (size_t j = 0; j < n; j++) {
+                float v = row[j] + b[j];
+                row[j] = v > 0.0f ? v : 0.0f;
+            }
+        } else if (b != NULL) {
+            for (size_t j = 0; j < n; j++)
+                row[j] += b[j];
+        } else if (relu) {
+            for (size_t j = 0; j < n; j++)
+                row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+        }
+    }
+}
+
+static void linear_forward(const struct layer *l, const float *params, const float *x, float *y,
+                           size_t B)
+{
+    const int NI = l->in_features, NO = l->out_features;
+    const float *W = params + l->w_off;                     /* (O, I) */
+    const float *b = l->b_n ? params + l->b_off : NULL;     /* (O) */
+    if (B == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, NO, NI, 1.0f, x, NI, W, NI,
+                    0.0f, y, NO);
+    }
+    bias_act_rows(y, b, B, (size_t)NO, l->fuse_relu);
+}
+
+static void linear_backward(const struct layer *l, const float *params, const float *x,
+                            const float *dy, float *dx, float *grads, size_t B)
+{
+    const int NI = l->in_features, NO = l->out_features;
+    const float *W = params + l->w_off; /* (O, I) */
+    if (grads != NULL) {
+        float *dW = grads + l->w_off; /* (O, I) = dy^T (O, B) x (B, I) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, NO, NI, (int)B, 1.0f, dy, NO, x, NI,
+                    0.0f, dW, NI);
+        if (l->b_n) {
+            float *db = grads + l->b_off; /* (O) = sum over rows of dy */
+            memcpy(db, dy, (size_t)NO * sizeof *db);
+            for (size_t r = 1; r < B; r++) {
+                const float *row = dy + r * (size_t)NO;
+                for (int j = 0; j < NO; j++)
+                    db[j] += row[j];
+            }
+        }
+    }
+    if (dx != NULL) { /* (B, I) = dy (B, O) W (O, I) */
+        if (B == 1)
+            cblas_sgemv(CblasRowMajor, CblasTrans, NO, NI, 1.0f, W, NI, dy, 1, 0.0f, dx, 1);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, NI, NO, 1.0f, dy, NO, W,
+                        NI, 0.0f, dx, NI);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Conv2d via im2col: per sample, y (OC, OH*OW) = W (OC, IC*KH*KW) col (IC*KH*KW, OH*OW)
+ * ---------------------------------------------------------------------------------------- */
+
+/* x (C, H, W) -> col (C*KH*KW, OH*OW), zeros where the window covers padding. */
+static void im2col(const struct layer *l, const float *x, float *col)
+{
+    const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < l->kh; ki++)
+            for (int kj = 0; kj < l->kw; kj++) {
+                float *row = col + ((size_t)(c * l->kh + ki) * l->kw + kj) * (size_t)(OH * OW);
+                const float *plane = x + (size_t)c * H * W;
+                for (int oh = 0; oh < OH; oh++) {
+                    int ih = oh * l->sh - l->ph + ki;
+                    float *dst = row + (size_t)oh * OW;
+                    if (ih < 0 || ih >= H) {
+                        memset(dst, 0, (size_t)OW * sizeof *dst);
+                        continue;
+                    }
+                    const float *src = plane + (size_t)ih * W;
+                    for (int ow = 0; ow < OW; ow++) {
+                        int iw = ow * l->sw - l->pw + kj;
+                        dst[ow] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
+                    }
+                }
+            }
+}
+
+/* Adds col (C*KH*KW, OH*OW) back into dx (C, H, W): the adjoint of im2col. */
+static void col2im_add(const struct layer *l, const float *col, float *dx)
+{
+    const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < l->kh; ki++)
+            for (int kj = 0; kj < l->kw; kj++) {
+                const float *row =
+                    col + ((size_t)(c * l->kh + ki) * l->kw + kj) * (size_t)(OH * OW);
+                float *plane = dx + (size_t)c * H * W;
+                for (int oh = 0; oh < OH; oh++) {
+                    int ih = oh * l->sh - l->ph + ki;
+                    if (ih < 0 || ih >= H)
+                        continue;
+                    const float *src = row + (size_t)oh * OW;
+                    float *dst = plane + (size_t)ih * W;
+                    for (int ow = 0; ow < OW; ow++) {
+                        int iw = ow * l->sw - l->pw + kj;
+                        if (iw >= 0 && iw < W)
+                            dst[iw] += src[ow];
+                    }
+                }
+            }
+}
+
+/* A 1x1 convolution with stride 1 and no padding reads its input as the column matrix. */
+static bool conv_is_pointwise(const struct layer *l)
+{
+    return l->kh == 1 && l->kw == 1 && l->sh == 1 && l->sw == 1 && l->ph == 0 && l->pw == 0;
+}
+
+static void conv2d_forward(const struct layer *l, const float *params, const float *x, float *y,
+                           size_t B, struct model_workspace *ws)
+{
+    const int OC = l->out_channels, K = l->in_channels * l->kh * l->kw;
+    const int P = l->out.h * l->out.w;
+    const float *W = params + l->w_off;                 /* (OC, K) */
+    const float *b = l->b_n ? params + l->b_off : NULL; /* (OC) */
+    for (size_t n = 0; n < B; n++) {
+        const float *xn = x + n * l->in_size;
+        float *yn = y + n * l->out_size; /* (OC, P) */
+        const float *col = xn;
+        if (!conv_is_pointwise(l)) {
+            im2col(l, xn, ws->col);
+            col = ws->col;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, P, K, 1.0f, W, K, col, P,
+                    0.0f, yn, P);
+        for (int oc = 0; oc < OC; oc++) {
+            float *row = yn + (size_t)oc * P;
+            float bias = b ? b[oc] : 0.0f;
+            if (l->fuse_relu) {
+                for (int p = 0; p < P; p++) {
+                    float v = row[p] + bias;
+                    row[p] = v > 0.0f ? v : 0.0f;
+                }
+            } else if (b != NULL) {
+                for (int p = 0; p < P; p++)
+                    row[p] += bias;
+            }
+        }
+    }
+}
+
+static void conv2d_backward(const struct layer *l, const float *params, const float *x,
+                            const float *dy, float *dx, float *grads, size_t B,
+                            struct model_workspace *ws)
+{
+    const int OC = l->out_channels, K = l->in_channels * l->kh * l->kw;
+    const int P = l->out.h * l->out.w;
+    const float *W = params + l->w_off; /* (OC, K) */
+    float *dW = grads ? grads + l->w_off : NULL;
+    float *db = (grads && l->b_n) ? grads + l->b_off : NULL;
+    if (db != NULL)
+        memset(db, 0, (size_t)OC * sizeof *db);
+    for (size_t n = 0; n < B; n++) {
+        const float *xn = x + n * l->in_size;
+        const float *dyn = dy + n * l->out_size; /* (OC, P) */
+        if (dW != NULL) {
+            const float *col = xn;
+            if (!conv_is_pointwise(l)) {
+                im2col(l, xn, ws->col);
+                col = ws->col;
+            }
+            /* dW (OC, K) += dy_n (OC, P) col^T (P, K) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, K, P, 1.0f, dyn, P, col, P,
+                        n == 0 ? 0.0f : 1.0f, dW, K);
+        }
+        if (db != NULL)
+            for (int oc = 0; oc < OC; oc++) {
+                const float *row = dyn + (size_t)oc * P;
+                float s = 0.0f;
+                for (int p = 0; p < P; p++)
+                    s += row[p];
+                db[oc] += s;
+            }
+        if (dx != NULL) {
+            float *dxn = dx + n * l->in_size;
+            if (conv_is_pointwise(l)) { /* dx_n (K, P) = W^T (K, OC) dy_n (OC, P) */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn,
+                            P, 0.0f, dxn, P);
+            } else {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn,
+                            P, 0.0f, ws->dcol, P);
+                memset(dxn, 0, l->in_size * sizeof *dxn);
+                col2im_add(l, ws->dcol, dxn);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * MaxPool2d: padding counts as -inf, as in PyTorch; NaN propagates.
+ * ---------------------------------------------------------------------------------------- */
+
+static void maxpool_forward(const struct layer *l, const float *x, float *y, size_t B,
+                            int32_t *idx)
+{
+    const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
+    for (size_t n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const float *plane = x + n * l->in_size + (size_t)c * H * W;
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    int h0 = oh * l->sh - l->ph, w0 = ow * l->sw - l->pw;
+                    float best = -INFINITY;
+                    int besti = -1;
+                    for (int i = h0; i < h0 + l->kh; i++) {
+                        if (i < 0 || i >= H)
+                            continue;
+                        for (int j = w0; j < w0 + l->kw; j++) {
+                            if (j < 0 || j >= W)
+                                continue;
+                            float v = plane[i * W + j];
+                            if (besti < 0 || v > best || isnan(v)) {
+                                best = v;
+                                besti = i * W + j;
+                                if (isnan(v))
+                                    goto found;
+                            }
+                        }
+                    }
+                found:;
+                    size_t o = n * l->out_size + ((size_t)c * OH + oh) * OW + ow;
+                    y[o] = best;
+                    idx[o] = c * H * W + besti;
+                }
+        }
+}
+
+static void maxpool_backward(const struct layer *l, const float *dy, float *dx, size_t B,
+                             const int32_t *idx)
+{
+    memset(dx, 0, B * l->in_size * sizeof *dx);
+    for (size_t n = 0; n < B; n++)
+        for (size_t o = 0; o < l->out_size; o++)
+            dx[n * l->in_size + (size_t)idx[n * l->out_size + o]] += dy[n * l->out_size + o];
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Element-wise activations
+ * ---------------------------------------------------------------------------------------- */
+
+#define GELU_TANH_K 0.7978845608028654f /* sqrt(2 / pi) */
+
+static void act_forward(const struct layer *l, const float *x, float *y, size_t n)
+{
+    switch (l->type) {
+        case LAYER_RELU:
+            for (size_t i = 0; i < n; i++)
+                y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+            break;
+        case LAYER_LEAKY_RELU: {
+            const float s = l->negative_slope;
+            for (size_t i = 0; i < n; i++)
+                y[i] = x[i] > 0.0f ? x[i] : s * x[i];
+            break;
+        }
+        case LAYER_SIGMOID:
+            for (size_t i = 0; i < n; i++)
+                y[i] = 1.0f / (1.0f + expf(-x[i]));
+            break;
+        case LAYER_TANH:
+            for (size_t i = 0; i < n; i++)
+                y[i] = tanhf(x[i]);
+            break;
+        case LAYER_GELU:
+            if (l->negative_slope == 0) {
+                for (size_t i = 0; i < n; i++)
+                    y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+            } else {
+                for (size_t i = 0; i < n; i++) {
+                    float u = GELU_TANH_K * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
+                    y[i] = 0.5f * x[i] * (1.0f + tanhf(u));
+                }
+            }
+            break;
+        default:
+            break;
+    }
+}
+
+/* dx = dy * f'(x), using whichever of x (input) or y (output) the derivative needs. dx may
+ * alias dy. */
+static void act_backward(const struct layer *l, const float *x, const float *y, const float *dy,
+                         float *dx, size_t n)
+{
+    switch (l->type) {
+        case LAYER_RELU:
+            for (size_t i = 0; i < n; i++)
+                dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            break;
+        case LAYER_LEAKY_RELU: {
+            const float s = l->negative_slope;
+            for (size_t i = 0; i < n; i++)
+                dx[i] = x[i] > 0.0f ? dy[i] : s * dy[i];
+            break;
+        }
+        case LAYER_SIGMOID:
+            for (size_t i = 0; i < n; i++)
+                dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+            break;
+        case LAYER_TANH:
+            for (size_t i = 0; i < n; i++)
+                dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+            break;
+        case LAYER_GELU:
+            if (l->negative_slope == 0) {
+                const float inv_sqrt_2pi = 0.3989422804014327f;
+                for (size_t i = 0; i < n; i++) {
+                    float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+                    float pdf = inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
+                    dx[i] = dy[i] * (cdf + x[i] * pdf);
+                }
+            } else {
+                for (size_t i = 0; i < n; i++) {
+                    float x2 = x[i] * x[i];
+                    float t = tanhf(GELU_TANH_K * (x[i] + 0.044715f * x2 * x[i]));
+                    float du = GELU_TANH_K * (1.0f + 3.0f * 0.044715f * x2);
+                    dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * x[i] * (1.0f - t * t) * du);
+                }
+            }
+            break;
+        default:
+            break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Dispatch
+ * ---------------------------------------------------------------------------------------- */
+
+void layer_forward(const struct layer *l, const float *params, const float *in, float *out,
+                   size_t B, struct model_workspace *ws, size_t li, bool training,
+                   struct rng *rng)
+{
+    size_t n = B * l->out_size;
+    switch (l->type) {
+        case LAYER_LINEAR:
+            linear_forward(l, params, in, out, B);
+            break;
+        case LAYER_CONV2D:
+            conv2d_forward(l, params, in, out, B, ws);
+            break;
+        case LAYER_MAXPOOL2D:
+            maxpool_forward(l, in, out, B, ws->pool_idx + ws->pool_off[li]);
+            break;
+        case LAYER_FLATTEN:
+            break; /* in place: (C, H, W) and (C*H*W) are the same bytes */
+        case LAYER_DROPOUT:
+            if (training && l->p > 0) {
+                /* out aliases in. mask holds 0 or 1/(1-p), as torch scales at train time. */
+                float *mask = ws->drop_mask + ws->drop_off[li];
+                const float keep = 1.0f / (1.0f - l->p);
+                for (size_t i = 0; i < n; i++) {
+                    mask[i] = rng_uniform(rng) >= (double)l->p ? keep : 0.0f;
+                    out[i] *= mask[i];
+                }
+            }
+            break;
+        case LAYER_RELU:
+            if (l->in_place)
+                break; /* the producer already applied max(0, .) */
+            act_forward(l, in, out, n);
+            break;
+        default:
+            act_forward(l, in, out, n);
+            break;
+    }
+}
+
+void layer_backward(const struct layer *l, const float *params, const float *in,
+                    const float *out, const float *dout, float *din, float *grads, size_t B,
+                    struct model_workspace *ws, size_t li)
+{
+    size_t n = B * l->out_size;
+    switch (l->type) {
+        case LAYER_LINEAR:
+            linear_backward(l, params, in, dout, din, grads, B);
+            break;
+        case LAYER_CONV2D:
+            conv2d_backward(l, params, in, dout, din, grads, B, ws);
+            break;
+        case LAYER_MAXPOOL2D:
+            if (din != NULL)
+                maxpool_backward(l, dout, din, B, ws->pool_idx + ws->pool_off[li]);
+            break;
+        case LAYER_FLATTEN:
+            if (din != NULL && din != dout)
+                memcpy(din, dout, n * sizeof *din);
+            break;
+        case LAYER_DROPOUT:
+            /* Backward only follows a training forward, which drew the mask. */
+            if (din != NULL) {
+                const float *mask = ws->drop_mask + ws->drop_off[li];
+                if (l->p > 0 && ws->training)
+                    for (size_t i = 0; i < n; i++)
+                        din[i] = dout[i] * mask[i];
+                else if (din != dout)
+                    memcpy(din, dout, n * sizeof *din);
+            }
+            break;
+        default:
+            if (din != NULL)
+                act_backward(l, in, out, dout, din, n);
+            break;
+    }
+}

@@ -1,0 +1,245 @@
+/*
+ * model/model.c - model lifecycle: load from a directory or buffers, clone, save, free.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Lifecycle
+ * ---------------------------------------------------------------------------------------- */
+
+void model_free(struct model *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->info.n_labels; i++)
+        free(m->info.labels[i]);
+    free(m->info.labels);
+    json_decref(m->config);
+    free(m->pre_a);
+    free(m->pre_b);
+    free(m->layers);
+    free(m->params);
+    free(m);
+}
+
+struct model *model_load_buffers(const char *config, size_t config_len, const void *weights,
+                                 size_t weights_len, struct err *e)
+{
+    struct model *m = NULL;
+    json_t *doc = NULL;
+    struct st_file f = {0};
+    bool have_st = false;
+    json_error_t je;
+
+    if (config_len > MODEL_MAX_CONFIG_BYTES) {
+        err_set(e, INF_ELIMIT, "model.json: %zu bytes, the limit is %zu", config_len,
+                (size_t)MODEL_MAX_CONFIG_BYTES);
+        goto fail;
+    }
+    doc = json_loadb(config, config_len, JSON_REJECT_DUPLICATES, &je);
+    if (doc == NULL) {
+        err_set(e, INF_EINVAL, "model.json: line %d column %d: %s", je.line, je.column, je.text);
+        goto fail;
+    }
+    m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        err_set(e, INF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (config_parse(m, doc, e) != INF_OK) {
+        err_prefix(e, "model.json");
+        goto fail;
+    }
+    size_t bytes;
+    if (!size_mul_ok(m->n_params ? m->n_params : 1, sizeof(float), &bytes) ||
+        (m->params = malloc(bytes)) == NULL) {
+        err_set(e, INF_ENOMEM, "out of memory for %zu parameters", m->n_params);
+        goto fail;
+    }
+    if (weights == NULL) {
+        params_default_init(m, m->info.training.seed);
+    } else {
+        if (weights_len > MODEL_MAX_WEIGHTS_BYTES) {
+            err_set(e, INF_ELIMIT, "weights.safetensors: %zu bytes is over the limit",
+                    weights_len);
+            goto fail;
+        }
+        if (st_parse(weights, weights_len, &f, e) != INF_OK) {
+            err_prefix(e, "weights.safetensors");
+            goto fail;
+        }
+        have_st = true;
+        if (params_from_safetensors(m, &f, e) != INF_OK) {
+            err_prefix(e, "weights.safetensors");
+            goto fail;
+        }
+        st_file_deinit(&f);
+    }
+    json_decref(doc);
+    return m;
+fail:
+    if (have_st)
+        st_file_deinit(&f);
+    json_decref(doc);
+    model_free(m);
+    return NULL;
+}
+
+struct model *model_load(const char *dir, struct err *e)
+{
+    char path[4096];
+    char *config = NULL, *weights = NULL;
+    size_t config_len = 0, weights_len = 0;
+    struct model *m = NULL;
+
+    if (fs_path_join(path, sizeof path, dir, "model.json", e) != INF_OK)
+        return NULL;
+    if (fs_read_file(path, MODEL_MAX_CONFIG_BYTES, &config, &config_len, e) != INF_OK)
+        return NULL;
+    if (fs_path_join(path, sizeof path, dir, "weights.safetensors", e) != INF_OK)
+        goto out;
+    struct err we = {0};
+    int rc = fs_read_file(path, MODEL_MAX_WEIGHTS_BYTES, &weights, &weights_len, &we);
+    if (rc != INF_OK && rc != INF_ENOTFOUND) {
+        err_set(e, rc, "%s", we.msg);
+        goto out;
+    }
+    m = model_load_buffers(config, config_len, weights, weights_len, e);
+    if (m == NULL)
+        err_prefix(e, "%s", dir);
+out:
+    free(config);
+    free(weights);
+    return m;
+}
+
+struct model *model_clone(const struct model *src, struct err *e)
+{
+    char *config = model_config_dump(src);
+    if (config == NULL) {
+        err_set(e, INF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    /* Re-parsing the config is the simplest deep copy that cannot drift from loading. */
+    struct model *m = model_load_buffers(config, strlen(config), NULL, 0, e);
+    free(config);
+    if (m == NULL)
+        return NULL;
+    memcpy(m->params, src->params, src->n_params * sizeof(float));
+    m->info.training = src->info.training;
+    return m;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Saving
+ * ---------------------------------------------------------------------------------------- */
+
+char *model_config_dump(const struct model *m)
+{
+    json_t *doc = json_deep_copy(m->config);
+    json_t *tr = config_training_to_json(&m->info.training);
+    char *s = NULL;
+    if (doc != NULL && tr != NULL && json_object_set_new(doc, "training", tr) == 0) {
+        tr = NULL;
+        s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    }
+    json_decref(tr);
+    json_decref(doc);
+    return s;
+}
+
+int model_weights_serialize(const struct model *m, char **data, size_t *len, struct err *e)
+{
+    struct st_out *outs = calloc(2 * m->n_layers + 1, sizeof *outs);
+    char(*names)[32] = calloc(2 * m->n_layers + 1, sizeof *names);
+    int64_t *bshape = calloc(m->n_layers + 1, sizeof *bshape);
+    int rc = INF_OK;
+    if (outs == NULL || names == NULL || bshape == NULL) {
+        rc = err_set(e, INF_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const struct layer *l = &m->layers[i];
+        if (l->w_n > 0) {
+            snprintf(names[n], sizeof names[n], "%zu.weight", i);
+            outs[n] = (struct st_out){names[n], l->w_rank, l->w_shape, m->params + l->w_off};
+            n++;
+        }
+        if (l->b_n > 0) {
+            bshape[i] = (int64_t)l->b_n;
+            snprintf(names[n], sizeof names[n], "%zu.bias", i);
+            outs[n] = (struct st_out){names[n], 1, &bshape[i], m->params + l->b_off};
+            n++;
+        }
+    }
+    rc = st_serialize(outs, n, NULL, data, len, e);
+out:
+    free(outs);
+    free(names);
+    free(bshape);
+    return rc;
+}
+
+int model_save(const struct model *m, const char *dir, struct err *e)
+{
+    char path[4096];
+    char *config = NULL, *weights = NULL;
+    size_t weights_len = 0;
+    int rc = fs_mkdir_p(dir, 0755, e);
+    if (rc)
+        return rc;
+    config = model_config_dump(m);
+    if (config == NULL) {
+        rc = err_set(e, INF_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = model_weights_serialize(m, &weights, &weights_len, e)))
+        goto out;
+    /* Weights first: a crash between the two writes leaves the old config with new weights of
+     * the same architecture, which still loads. */
+    if ((rc = fs_path_join(path, sizeof path, dir, "weights.safetensors", e)) ||
+        (rc = fs_write_atomic(path, weights, weights_len, 0644, e)))
+        goto out;
+    size_t clen = strlen(config);
+    config[clen] = '\0';
+    if ((rc = fs_path_join(path, sizeof path, dir, "model.json", e)))
+        goto out;
+    /* A trailing newline makes the file friendlier to cat and diff. */
+    char *withnl = realloc(config, clen + 2);
+    if (withnl == NULL) {
+        rc = err_set(e, INF_ENOMEM, "out of memory");
+        goto out;
+    }
+    config = withnl;
+    config[clen] = '\n';
+    config[clen + 1] = '\0';
+    rc = fs_write_atomic(path, config, clen + 1, 0644, e);
+out:
+    free(config);
+    free(weights);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Accessors
+ * ---------------------------------------------------------------------------------------- */
+
+const struct model_info *model_get_info(const struct model *m)
+{
+    return &m->info;
+}
+
+void model_set_training(struct model *m, const struct model_training *t)
+{
+    m->info.training = *t;
+}
+
+const float *model_params(const struct model *m)
+{
+    return m->params;
+}

@@ -1,0 +1,35 @@
+/*
+ * server/dataset.h - training files (JSONL, DESIGN §5) -> featurized data sets.
+ * Internal to server/.
+ *
+ * One JSON object per line: {"input": <tensor or text>, "label": <label>} for classifiers,
+ * {"input": ..., "target": <number or array>} for regressors. A label is one of the model's
+ * label strings or an integer class index. Blank lines are skipped. Errors name the line.
+ */
+#ifndef INFERA_SERVER_DATASET_H
+#define INFERA_SERVER_DATASET_H
+
+#include "model/model.h"
+
+#define DATASET_MAX_LINE  ((size_t)1 << 20) /* bytes per line */
+#define DATASET_MAX_LINES ((size_t)10000000)
+
+/*
+ * Optional rewrite of each text input before featurizing (e.g. PII masking). Returns a new
+ * string the caller frees (and its length in *out_len), or NULL on out of memory.
+ */
+typedef char *(*dataset_text_fn)(const char *text, size_t len, size_t *out_len, void *user);
+
+/*
+ * Parses len bytes of JSONL for model m into ds (initialized here; caller deinits on
+ * success). On error returns INF_EINVAL/INF_ELIMIT with "line N: ..." and leaves ds empty.
+ */
+int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
+                        dataset_text_fn text_fn, void *user, struct model_dataset *ds,
+                        struct err *e);
+
+/* Reads the file at path (at most max_bytes) and parses it as dataset_parse_jsonl. */
+int dataset_load_jsonl(const struct model *m, const char *path, size_t max_bytes,
+                       struct model_dataset *ds, struct err *e);
+
+#endif /* INFERA_SERVER_DATASET_H */

@@ -1,0 +1,508 @@
+/*
+ * server/oip.c - Open Inference Protocol v2 bodies <-> tensors.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "oip.h"
+
+struct oip_limits oip_limits_default(void)
+{
+    return (struct oip_limits){
+        .max_batch = 1024,
+        .max_elements = (size_t)16 << 20,
+        .max_text = (size_t)1 << 20,
+    };
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Datatypes
+ * ---------------------------------------------------------------------------------------- */
+
+struct dtype_range {
+    const char *name;
+    bool integer;
+    double lo, hi;
+};
+
+static const struct dtype_range dtypes[] = {
+    {"FP32", false, -3.4028234663852886e38, 3.4028234663852886e38},
+    {"FP64", false, -1.7976931348623157e308, 1.7976931348623157e308},
+    {"FP16", false, -65504.0, 65504.0},
+    {"BF16", false, -3.3895313892515355e38, 3.3895313892515355e38},
+    {"UINT8", true, 0, 255},
+    {"UINT16", true, 0, 65535},
+    {"UINT32", true, 0, 4294967295.0},
+    {"UINT64", true, 0, 18446744073709551615.0},
+    {"INT8", true, -128, 127},
+    {"INT16", true, -32768, 32767},
+    {"INT32", true, -2147483648.0, 2147483647.0},
+    {"INT64", true, -9223372036854775808.0, 9223372036854775807.0},
+    {"BOOL", true, 0, 1},
+};
+
+static const struct dtype_range *dtype_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+        if (strcmp(dtypes[i].name, name) == 0)
+            return &dtypes[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * JSON tensors
+ * ---------------------------------------------------------------------------------------- */
+
+struct flat_ctx {
+    const struct dtype_range *dt;
+    float *out;
+    size_t n, pos;
+    const char *what;
+    struct err *e;
+};
+
+static int put_number(struct flat_ctx *c, const json_t *v)
+{
+    double d;
+    if (json_is_integer(v))
+        d = (double)json_integer_value(v);
+    else if (json_is_real(v))
+        d = json_real_value(v);
+    else if (json_is_boolean(v) && strcmp(c->dt->name, "BOOL") == 0)
+        d = json_is_true(v) ? 1.0 : 0.0;
+    else
+        return err_set(c->e, INF_EINVAL, "%s[%zu]: expected a number", c->what, c->pos);
+    if (!isfinite(d))
+        return err_set(c->e, INF_EINVAL, "%s[%zu]: not a finite number", c->what, c->pos);
+    if (d < c->dt->lo || d > c->dt->hi || (c->dt->integer && floor(d) != d))
+        return err_set(c->e, INF_EINVAL, "%s[%zu]: %g is not a valid %s value", c->what, c->pos,
+                       d, c->dt->name);
+    if (c->pos >= c->n)
+        return err_set(c->e, INF_EINVAL, "%s: more than the %zu elements the shape declares",
+                       c->what, c->n);
+    c->out[c->pos++] = (float)d;
+    return INF_OK;
+}
+
+/* Walks data nested as dims[level..rank). */
+static int flatten_nested(struct flat_ctx *c, const json_t *v, const int64_t *dims, int rank,
+                          int level)
+{
+    if (level == rank)
+        return put_number(c, v);
+    if (!json_is_array(v))
+        return err_set(c->e, INF_EINVAL, "%s: nesting does not match the shape at depth %d",
+                       c->what, level);
+    if ((int64_t)json_array_size(v) != dims[level])
+        return err_set(c->e, INF_EINVAL,
+                       "%s: an array at depth %d has %zu elements, the shape says %lld", c->what,
+                       level, json_array_size(v), (long long)dims[level]);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        int rc = flatten_nested(c, json_array_get(v, i), dims, rank, level + 1);
+        if (rc)
+            return rc;
+    }
+    return INF_OK;
+}
+
+int oip_tensor_from_json(const json_t *data, const char *datatype, const int64_t *dims,
+                         int rank, size_t n, float *out, const char *what, struct err *e)
+{
+    struct flat_ctx c = {dtype_find(datatype), out, n, 0, what, e};
+    if (c.dt == NULL)
+        return err_set(e, INF_EINVAL, "%s: datatype \"%.32s\" is not a numeric datatype", what,
+                       datatype);
+    if (!json_is_array(data))
+        return err_set(e, INF_EINVAL, "%s: expected an array", what);
+    size_t top = json_array_size(data);
+    bool flat = top == n && (top == 0 || !json_is_array(json_array_get(data, 0)));
+    int rc;
+    if (flat) {
+        for (size_t i = 0; i < top; i++)
+            if ((rc = put_number(&c, json_array_get(data, i))))
+                return rc;
+    } else if ((rc = flatten_nested(&c, data, dims, rank, 0))) {
+        return rc;
+    }
+    if (c.pos != n)
+        return err_set(e, INF_EINVAL, "%s: %zu elements, the shape needs %zu", what, c.pos, n);
+    return INF_OK;
+}
+
+int oip_label_index(const struct model *m, const char *label)
+{
+    const struct model_info *info = model_get_info(m);
+    for (size_t i = 0; i < info->n_labels; i++)
+        if (strcmp(info->labels[i], label) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Requests
+ * ---------------------------------------------------------------------------------------- */
+
+void oip_request_deinit(struct oip_request *req)
+{
+    if (req == NULL)
+        return;
+    free(req->id);
+    free(req->raw);
+    free(req->x);
+    if (req->texts != NULL)
+        for (size_t i = 0; i < req->batch; i++)
+            free(req->texts[i]);
+    free(req->texts);
+    free(req->text_lens);
+    json_decref(req->params);
+    memset(req, 0, sizeof *req);
+}
+
+static void format_shape(char *buf, size_t cap, const int64_t *dims, int rank, bool batch)
+{
+    size_t used = 0;
+    int n = snprintf(buf, cap, "[%s", batch ? "-1" : "");
+    used = n > 0 ? (size_t)n : 0;
+    for (int i = 0; i < rank && used + 24 < cap; i++) {
+        n = snprintf(buf + used, cap - used, "%s%lld", (i || batch) ? ", " : "",
+                     (long long)dims[i]);
+        used += n > 0 ? (size_t)n : 0;
+    }
+    snprintf(buf + used, cap - used, "]");
+}
+
+static int parse_outputs(const struct model *m, const json_t *outs, struct oip_request *req,
+                         struct err *e)
+{
+    const struct model_info *info = model_get_info(m);
+    bool cls = info->task == MODEL_TASK_CLASSIFICATION;
+    if (outs == NULL) {
+        req->outputs = cls ? (OIP_OUT_PROBABILITIES | OIP_OUT_LABEL) : OIP_OUT_OUTPUT;
+        if (req->top_k > 0)
+            req->outputs |= OIP_OUT_TOP_K;
+        return INF_OK;
+    }
+    if (!json_is_array(outs) || json_array_size(outs) == 0)
+        return err_set(e, INF_EINVAL, "outputs: expected a non-empty array of {\"name\": ...}");
+    for (size_t i = 0; i < json_array_size(outs); i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(outs, i), "name"));
+        if (name == NULL)
+            return err_set(e, INF_EINVAL, "outputs[%zu].name: missing", i);
+        unsigned bit = 0;
+        if (cls && strcmp(name, "probabilities") == 0)
+            bit = OIP_OUT_PROBABILITIES;
+        else if (cls && strcmp(name, "label") == 0)
+            bit = OIP_OUT_LABEL;
+        else if (cls && req->top_k > 0 &&
+                 (strcmp(name, "top_k_labels") == 0 || strcmp(name, "top_k_probabilities") == 0))
+            bit = OIP_OUT_TOP_K;
+        else if (!cls && strcmp(name, "output") == 0)
+            bit = OIP_OUT_OUTPUT;
+        if (bit == 0)
+            return err_set(e, INF_EINVAL, "outputs[%zu].name: \"%.64s\" is not an output of this "
+                                          "model (%s)",
+                           i, name,
+                           cls ? (req->top_k > 0 ? "probabilities, label, top_k_labels, "
+                                                   "top_k_probabilities"
+                                                 : "probabilities, label")
+                               : "output");
+        req->outputs |= bit;
+    }
+    return INF_OK;
+}
+
+static int parse_text_input(const struct model *m, const json_t *in, size_t B,
+                            const struct oip_limits *lim, struct oip_request *req,
+                            struct err *e)
+{
+    const struct model_info *info = model_get_info(m);
+    const json_t *data = json_object_get(in, "data");
+    if (!json_is_array(data))
+        return err_set(e, INF_EINVAL, "inputs[0].data: expected an array of strings");
+    /* Accept [t1, t2] and [[t1], [t2]] for shape [B] or [B, 1]. */
+    if (json_array_size(data) != B)
+        return err_set(e, INF_EINVAL, "inputs[0].data: %zu strings, the shape says %zu",
+                       json_array_size(data), B);
+    req->texts = calloc(B, sizeof *req->texts);
+    req->text_lens = calloc(B, sizeof *req->text_lens);
+    req->x = malloc(B * info->in_size * sizeof *req->x);
+    if (!req->texts || !req->text_lens || !req->x)
+        return err_set(e, INF_ENOMEM, "out of memory");
+    req->batch = B;
+    for (size_t i = 0; i < B; i++) {
+        const json_t *v = json_array_get(data, i);
+        if (json_is_array(v) && json_array_size(v) == 1)
+            v = json_array_get(v, 0);
+        if (!json_is_string(v))
+            return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: expected a string", i);
+        size_t len = json_string_length(v);
+        if (len > lim->max_text)
+            return err_set(e, INF_ELIMIT, "inputs[0].data[%zu]: %zu bytes, the limit is %zu", i,
+                           len, lim->max_text);
+        req->texts[i] = malloc(len + 1);
+        if (req->texts[i] == NULL)
+            return err_set(e, INF_ENOMEM, "out of memory");
+        memcpy(req->texts[i], json_string_value(v), len + 1);
+        req->text_lens[i] = len;
+        model_featurize_text(m, req->texts[i], len, req->x + i * info->in_size, NULL);
+    }
+    return INF_OK;
+}
+
+int oip_request_parse(const struct model *m, const char *body, size_t len,
+                      const struct oip_limits *lim, struct oip_request *req, struct err *e)
+{
+    const struct model_info *info = model_get_info(m);
+    json_error_t je;
+    int rc = INF_OK;
+    memset(req, 0, sizeof *req);
+    json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (doc == NULL)
+        return err_set(e, INF_EINVAL, "invalid JSON at line %d column %d: %s", je.line,
+                       je.column, je.text);
+    if (!json_is_object(doc)) {
+        rc = err_set(e, INF_EINVAL, "the request must be a JSON object");
+        goto out;
+    }
+    const json_t *id = json_object_get(doc, "id");
+    if (id != NULL && !json_is_null(id)) {
+        if (!json_is_string(id) || json_string_length(id) > 256 ||
+            strlen(json_string_value(id)) != json_string_length(id)) {
+            rc = err_set(e, INF_EINVAL, "id: expected a string of at most 256 bytes");
+            goto out;
+        }
+        req->id = strdup(json_string_value(id));
+        if (req->id == NULL) {
+            rc = err_set(e, INF_ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    json_t *params = json_object_get(doc, "parameters");
+    if (params != NULL && !json_is_null(params)) {
+        if (!json_is_object(params)) {
+            rc = err_set(e, INF_EINVAL, "parameters: expected an object");
+            goto out;
+        }
+        req->params = json_incref(params);
+        json_t *tk = json_object_get(params, "top_k");
+        if (tk != NULL) {
+            if (info->task != MODEL_TASK_CLASSIFICATION || !json_is_integer(tk) ||
+                json_integer_value(tk) < 1 || (size_t)json_integer_value(tk) > info->out_size) {
+                rc = err_set(e, INF_EINVAL,
+                             "parameters.top_k: expected an integer from 1 to %zu (classifiers "
+                             "only)",
+                             info->out_size);
+                goto out;
+            }
+            req->top_k = (int)json_integer_value(tk);
+        }
+    }
+    if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), req, e)))
+        goto out;
+
+    const json_t *inputs = json_object_get(doc, "inputs");
+    if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
+        rc = err_set(e, INF_EINVAL, "inputs: expected an array with one input named \"%s\"",
+                     info->input_name);
+        goto out;
+    }
+    const json_t *in = json_array_get(inputs, 0);
+    const char *name = json_string_value(json_object_get(in, "name"));
+    const char *dt = json_string_value(json_object_get(in, "datatype"));
+    const json_t *shape = json_object_get(in, "shape");
+    if (!json_is_object(in) || name == NULL || dt == NULL || !json_is_array(shape)) {
+        rc = err_set(e, INF_EINVAL, "inputs[0]: needs \"name\", \"shape\", \"datatype\" and "
+                                    "\"data\"");
+        goto out;
+    }
+    if (strcmp(name, info->input_name) != 0) {
+        rc = err_set(e, INF_EINVAL, "inputs[0].name: \"%.64s\" is not this model's input \"%s\"",
+                     name, info->input_name);
+        goto out;
+    }
+    size_t rank = json_array_size(shape);
+    int64_t dims[MODEL_MAX_RANK + 1];
+    for (size_t i = 0; i < rank && i <= MODEL_MAX_RANK; i++) {
+        const json_t *d = json_array_get(shape, i);
+        if (!json_is_integer(d) || json_integer_value(d) < 0) {
+            rc = err_set(e, INF_EINVAL, "inputs[0].shape[%zu]: expected a non-negative integer",
+                         i);
+            goto out;
+        }
+        dims[i] = json_integer_value(d);
+    }
+    char want[128];
+    format_shape(want, sizeof want, info->input_shape, info->input_rank, true);
+    bool text = info->input_kind == MODEL_INPUT_TEXT;
+    bool shape_ok = rank == (size_t)info->input_rank + 1 || (text && rank == 1);
+    for (size_t i = 1; shape_ok && i < rank; i++)
+        shape_ok = dims[i] == info->input_shape[i - 1];
+    if (!shape_ok) {
+        char got[128];
+        format_shape(got, sizeof got, dims, rank <= MODEL_MAX_RANK + 1 ? (int)rank : 0, false);
+        rc = err_set(e, INF_EINVAL, "inputs[0].shape: %s does not match the model's input %s",
+                     got, want);
+        goto out;
+    }
+    size_t B = (size_t)dims[0];
+    if (B == 0 || B > lim->max_batch) {
+        rc = err_set(e, B == 0 ? INF_EINVAL : INF_ELIMIT,
+                     "inputs[0].shape[0]: batch of %zu; expected 1 to %zu", B, lim->max_batch);
+        goto out;
+    }
+    if (text) {
+        if (strcmp(dt, "BYTES") != 0) {
+            rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES",
+                         dt);
+            goto out;
+        }
+        rc = parse_text_input(m, in, B, lim, req, e);
+        goto out;
+    }
+    if (dtype_find(dt) == NULL) {
+        rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\" is not a numeric datatype "
+                                    "(FP32, FP64, INT32, UINT8, ...)",
+                     dt);
+        goto out;
+    }
+    size_t n;
+    if (!size_mul_ok(B, info->raw_size, &n) || n > lim->max_elements) {
+        rc = err_set(e, INF_ELIMIT, "inputs[0]: more than %zu elements", lim->max_elements);
+        goto out;
+    }
+    req->raw = malloc(n * sizeof *req->raw);
+    req->x = malloc(B * info->in_size * sizeof *req->x);
+    if (req->raw == NULL || req->x == NULL) {
+        rc = err_set(e, INF_ENOMEM, "out of memory for %zu elements", n);
+        goto out;
+    }
+    if ((rc = oip_tensor_from_json(json_object_get(in, "data"), dt, dims, (int)rank, n, req->raw,
+                                   "inputs[0].data", e)))
+        goto out;
+    req->batch = B;
+    model_featurize_tensor(m, req->raw, B, req->x, NULL);
+out:
+    json_decref(doc);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Responses
+ * ---------------------------------------------------------------------------------------- */
+
+static json_t *tensor_json(const char *name, const char *datatype, size_t d0, size_t d1,
+                           bool two_d, json_t *data)
+{
+    json_t *shape = two_d ? json_pack("[II]", (json_int_t)d0, (json_int_t)d1)
+                          : json_pack("[I]", (json_int_t)d0);
+    if (shape == NULL || data == NULL) {
+        json_decref(shape);
+        json_decref(data);
+        return NULL;
+    }
+    return json_pack("{s:s, s:s, s:o, s:o}", "name", name, "datatype", datatype, "shape", shape,
+                     "data", data);
+}
+
+static json_t *floats_json(const float *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a != NULL && i < n; i++)
+        if (json_array_append_new(a, json_real(v[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+static int append_new(json_t *arr, json_t *v)
+{
+    if (v == NULL)
+        return -1;
+    return json_array_append_new(arr, v);
+}
+
+/* Indices of the k largest of p (C), largest first (ties: lower index first). */
+static void top_k_indices(const float *p, size_t C, int k, size_t *idx)
+{
+    for (int j = 0; j < k; j++) {
+        size_t best = SIZE_MAX;
+        for (size_t c = 0; c < C; c++) {
+            bool taken = false;
+            for (int q = 0; q < j; q++)
+                taken = taken || idx[q] == c;
+            if (!taken && (best == SIZE_MAX || p[c] > p[best]))
+                best = c;
+        }
+        idx[j] = best;
+    }
+}
+
+json_t *oip_response_build(const struct model *m, const char *model_name,
+                           const char *model_version, const struct oip_request *req,
+                           const float *out)
+{
+    const struct model_info *info = model_get_info(m);
+    size_t B = req->batch, O = info->out_size;
+    json_t *res = json_pack("{s:s, s:s}", "model_name", model_name, "model_version",
+                            model_version);
+    json_t *outs = json_array();
+    size_t *idx = calloc(req->top_k > 0 ? (size_t)req->top_k : 1, sizeof *idx);
+    if (res == NULL || outs == NULL || idx == NULL)
+        goto fail;
+    if (req->id != NULL && json_object_set_new(res, "id", json_string(req->id)) != 0)
+        goto fail;
+    if (req->outputs & OIP_OUT_OUTPUT)
+        if (append_new(outs, tensor_json("output", "FP32", B, O, true, floats_json(out, B * O))))
+            goto fail;
+    if (req->outputs & OIP_OUT_PROBABILITIES)
+        if (append_new(outs, tensor_json("probabilities", "FP32", B, O, true,
+                                         floats_json(out, B * O))))
+            goto fail;
+    if (req->outputs & OIP_OUT_LABEL) {
+        json_t *labels = json_array();
+        for (size_t r = 0; labels != NULL && r < B; r++) {
+            size_t best = 0;
+            top_k_indices(out + r * O, O, 1, &best);
+            if (json_array_append_new(labels, json_string(info->labels[best])) != 0) {
+                json_decref(labels);
+                labels = NULL;
+            }
+        }
+        if (append_new(outs, tensor_json("label", "BYTES", B, 0, false, labels)))
+            goto fail;
+    }
+    if (req->outputs & OIP_OUT_TOP_K) {
+        size_t k = (size_t)req->top_k;
+        json_t *labels = json_array(), *probs = json_array();
+        for (size_t r = 0; labels != NULL && probs != NULL && r < B; r++) {
+            top_k_indices(out + r * O, O, req->top_k, idx);
+            for (size_t j = 0; j < k; j++) {
+                json_array_append_new(labels, json_string(info->labels[idx[j]]));
+                json_array_append_new(probs, json_real(out[r * O + idx[j]]));
+            }
+        }
+        if (labels == NULL || probs == NULL || json_array_size(probs) != B * k ||
+            json_array_size(labels) != B * k) {
+            json_decref(labels);
+            json_decref(probs);
+            goto fail;
+        }
+        if (append_new(outs, tensor_json("top_k_labels", "BYTES", B, k, true, labels)) ||
+            append_new(outs, tensor_json("top_k_probabilities", "FP32", B, k, true, probs)))
+            goto fail;
+    }
+    if (json_object_set_new(res, "outputs", outs) != 0) {
+        outs = NULL;
+        goto fail;
+    }
+    free(idx);
+    return res;
+fail:
+    free(idx);
+    json_decref(outs);
+    json_decref(res);
+    return NULL;
+}
