@@ -224,7 +224,7 @@ int config_parse_training(const json_t *obj, enum model_task task, struct model_
     if (rc)
         return rc;
 
-    const char *s;
+    const char *s = NULL;
     if ((rc = get_str(obj, path, "loss", false, &s, e)))
         return rc;
     if (s != NULL) {
@@ -416,7 +416,7 @@ static int parse_input(struct model *m, const json_t *in, struct err *e)
         return err_set(e, INF_EINVAL, "input: expected an object");
     if ((rc = check_keys(in, "input", keys, e)))
         return rc;
-    const char *name, *dt;
+    const char *name = NULL, *dt = NULL;
     if ((rc = get_str(in, "input", "name", false, &name, e)))
         return rc;
     if (name == NULL)
@@ -451,7 +451,7 @@ static int parse_input(struct model *m, const json_t *in, struct err *e)
                                           "object ({\"type\": \"hashing\", \"dims\": N})");
         if ((rc = check_keys(feat, "input.featurizer", fkeys, e)))
             return rc;
-        const char *type;
+        const char *type = NULL;
         if ((rc = get_str(feat, "input.featurizer", "type", true, &type, e)))
             return rc;
         if (strcmp(type, "hashing") != 0)
@@ -527,7 +527,7 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
     snprintf(path, sizeof path, "layers[%zu]", i);
     if (!json_is_object(o))
         return err_set(e, INF_EINVAL, "%s: expected an object", path);
-    const char *type;
+    const char *type = NULL;
     int rc = get_str(o, path, "type", true, &type, e);
     if (rc)
         return rc;
@@ -598,7 +598,7 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
                 (rc = get_pair(o, path, "dilation", false, 1, 1, 1, &d0, &d1, e)) ||
                 (rc = get_int(o, path, "groups", false, 1, 1, 1, &v, e)))
                 return rc;
-            const char *pm;
+            const char *pm = NULL;
             if ((rc = get_str(o, path, "padding_mode", false, &pm, e)))
                 return rc;
             if (pm != NULL && strcmp(pm, "zeros") != 0)
@@ -701,7 +701,7 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
         }
         case LAYER_GELU: {
             static const char *const keys[] = {"type", "approximate", NULL};
-            const char *ap;
+            const char *ap = NULL;
             if ((rc = check_keys(o, path, keys, e)) ||
                 (rc = get_str(o, path, "approximate", false, &ap, e)))
                 return rc;
@@ -887,7 +887,7 @@ int config_parse(struct model *m, json_t *doc, struct err *e)
     long long format;
     if ((rc = get_int(doc, "model.json", "format", false, 1, 1, 1, &format, e)))
         return rc;
-    const char *task;
+    const char *task = NULL;
     if ((rc = get_str(doc, "model.json", "task", true, &task, e)))
         return rc;
     if (strcmp(task, "classification") == 0)

@@ -146,8 +146,7 @@ struct st_out {
 };
 
 /*
- * Serializes n tensors (written in the order given; the header lists them sorted by name as
- * the reference writer does) and optional string metadata (a JSON object of strings, borrowed,
+ * Serializes n tensors (data written in the order given; header keys sorted by name) and optional string metadata (a JSON object of strings, borrowed,
  * may be NULL) into a new buffer the caller frees. The header is padded with spaces to a
  * multiple of 8 bytes.
  */

@@ -33,10 +33,10 @@ static const struct {
  * before they reach a log line or a terminal.
  * ---------------------------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at p (n bytes left), or 0. C1 controls count as invalid. */
+/* Length of the valid UTF-8 sequence at p (n bytes left, p[0] >= 0x80), or 0. */
 static size_t utf8_len(const unsigned char *p, size_t n)
 {
-    static const unsigned min_cp[5] = {0, 0, 0xA0, 0x800, 0x10000}; /* 0xA0: skip C1 */
+    static const unsigned min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
     size_t len = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : 2;
     if (p[0] < 0xC2 || p[0] > 0xF4 || len > n)
         return 0;
@@ -51,18 +51,33 @@ static size_t utf8_len(const unsigned char *p, size_t n)
     return len;
 }
 
+static bool utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+    for (size_t i = 0, w; i < n; i += w) {
+        w = p[i] < 0x80 ? 1 : utf8_len(p + i, n - i);
+        if (w == 0)
+            return false;
+    }
+    return true;
+}
+
 /* Copies s (len bytes) into out as printable text: \" \\ \xNN escapes, "..." when cut. */
 static const char *quote(char out[QUOTE_MAX], const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t o = 0;
     for (size_t i = 0; i < len;) {
-        char tmp[8];
+        char tmp[12];
         size_t tw = 1, adv = 1;
         size_t u = p[i] >= 0x80 ? utf8_len(p + i, len - i) : 0;
-        if (u > 0) {
+        if (u > 0 && !(p[i] == 0xC2 && p[i + 1] < 0xA0)) { /* C1 controls are escaped */
             memcpy(tmp, p + i, u);
             tw = adv = u;
+        } else if (u > 0) {
+            tw = (size_t)snprintf(tmp, sizeof tmp, "\\x%02x\\x%02x", p[i], p[i + 1]);
+            adv = 2;
         } else if (p[i] == '"' || p[i] == '\\') {
             tmp[0] = '\\';
             tmp[1] = (char)p[i];
@@ -137,7 +152,8 @@ static int header_json_error(const char *hdr, size_t n, const json_error_t *je, 
 {
     char q[QUOTE_MAX];
     enum json_error_code code = json_error_code(je);
-    if (code == json_error_out_of_memory)
+    /* jansson leaves the text empty only where an allocation failed */
+    if (je->text[0] == '\0' || code == json_error_out_of_memory)
         return err_set(e, INF_ENOMEM, "out of memory parsing the safetensors header");
     if (code == json_error_duplicate_key && je->position >= 2 && (size_t)je->position <= n &&
         hdr[je->position - 1] == '"') {
@@ -357,7 +373,7 @@ int st_parse(const void *buf, size_t len, struct st_file *f, struct err *e)
                      (size_t)(nul - hdr));
         goto out;
     }
-    json_error_t je;
+    json_error_t je = {0}; /* jansson sets the code byte of its text only on some paths */
     root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL) {
         rc = header_json_error(hdr, (size_t)n, &je, e);
@@ -579,17 +595,17 @@ int st_serialize(const struct st_out *ts, size_t n, const json_t *metadata, char
     for (size_t i = 0; i < n; i++) {
         json_t *entry = NULL;
         size_t nb = 0;
-        if (ts[i].name == NULL || strcmp(ts[i].name, ST_META_KEY) == 0 ||
+        if (ts[i].name == NULL || !utf8_valid(ts[i].name) || strcmp(ts[i].name, ST_META_KEY) == 0 ||
             json_object_get(hdr, ts[i].name) != NULL) {
-            rc = err_set(e, INF_EINVAL, "tensor %zu: name \"%s\" is missing, reserved or repeated",
-                         i, ts[i].name ? quote(q, ts[i].name, strlen(ts[i].name)) : "");
+            rc = err_set(e, INF_EINVAL,
+                         "tensor %zu: name \"%s\" is missing, not UTF-8, reserved or repeated", i,
+                         ts[i].name ? quote(q, ts[i].name, strlen(ts[i].name)) : "");
             goto out;
         }
         if ((rc = entry_json(&ts[i], data_len, &entry, &nb, e)) != INF_OK)
             goto out;
         if (json_object_set_new(hdr, ts[i].name, entry) != 0) {
-            rc = err_set(e, INF_EINVAL, "tensor \"%s\": name is not valid UTF-8 or out of memory",
-                         quote(q, ts[i].name, strlen(ts[i].name)));
+            rc = err_set(e, INF_ENOMEM, "out of memory building the safetensors header");
             goto out;
         }
         data_len += nb; /* entry_json checked begin + nb */

@@ -436,7 +436,7 @@ int cli_eval(int argc, char **argv)
     if (isnan(acc))
         printf("{\"samples\": %zu, \"loss\": %.9g, \"accuracy\": null}\n", ds.n, loss);
     else
-        printf("{\"samples\": %zu, \"loss\": %.9g, \"accuracy\": %.6f}\n", ds.n, loss, acc);
+        printf("{\"samples\": %zu, \"loss\": %.9g, \"accuracy\": %.9g}\n", ds.n, loss, acc);
     status = 0;
 out:
     model_dataset_deinit(&ds);
