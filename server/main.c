@@ -12,6 +12,7 @@
 static const char usage[] =
     "usage: infera <command> [options]\n"
     "commands:\n"
+    "  serve     the HTTP service: Open Inference Protocol v2 (see --help)\n"
     "  predict   run an Open Inference Protocol v2 request (stdin) through a model directory\n"
     "  train     train a model directory on a JSONL file and write a servable model\n"
     "  eval      loss and accuracy of a model directory on a JSONL file\n"
@@ -31,6 +32,8 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return cli_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "predict") == 0)
         return cli_predict(argc - 2, argv + 2);
     if (strcmp(cmd, "train") == 0)

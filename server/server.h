@@ -9,6 +9,9 @@
 #ifndef INFERA_SERVER_H
 #define INFERA_SERVER_H
 
+/* infera serve [options]: the HTTP service (server/serve.c) */
+int cli_serve(int argc, char **argv);
+
 /* infera predict --model DIR  < request.json  > response.json */
 int cli_predict(int argc, char **argv);
 

@@ -1,0 +1,410 @@
+/*
+ * server/http.c - libmicrohttpd glue: the daemon, routing, body limits, responses, the access
+ * log.
+ */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "metrics.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Routes: the one table of every endpoint
+ * ---------------------------------------------------------------------------------------- */
+
+static const struct route routes[] = {
+    {"GET", "/v2/health/live", handle_live, false},
+    {"GET", "/v2/health/ready", handle_ready, false},
+    {"GET", "/v2", handle_server_meta, false},
+    {"GET", "/v2/models", handle_models_list, false},
+    {"GET", "/v2/models/{m}", handle_model_meta, false},
+    {"GET", "/v2/models/{m}/versions/{v}", handle_model_meta, false},
+    {"GET", "/v2/models/{m}/ready", handle_model_ready, false},
+    {"GET", "/v2/models/{m}/versions/{v}/ready", handle_model_ready, false},
+    {"POST", "/v2/models/{m}/infer", handle_infer, true},
+    {"POST", "/v2/models/{m}/versions/{v}/infer", handle_infer, true},
+    {"POST", "/v2/models/{m}/explain", handle_explain, true},
+    {"POST", "/v2/models/{m}/versions/{v}/explain", handle_explain, true},
+    {"POST", "/v2/repository/index", handle_repo_index, true},
+    {"POST", "/v2/repository/models/{m}/load", handle_repo_load, true},
+    {"POST", "/v2/repository/models/{m}/unload", handle_repo_unload, true},
+    {"GET", "/metrics", handle_metrics, false},
+};
+#define N_ROUTES (sizeof routes / sizeof routes[0])
+
+/* Matches url against pattern, capturing {x} segments into params. */
+static bool route_match(const char *pattern, const char *url,
+                        char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1])
+{
+    const char *p = pattern, *u = url;
+    int k = 0;
+    while (*p != '\0') {
+        if (*p == '{') {
+            const char *pe = strchr(p, '}');
+            const char *ue = u;
+            while (*ue != '\0' && *ue != '/')
+                ue++;
+            size_t n = (size_t)(ue - u);
+            if (n == 0 || n > REGISTRY_NAME_MAX || k >= ROUTE_MAX_PARAMS)
+                return false;
+            memcpy(params[k], u, n);
+            params[k][n] = '\0';
+            k++;
+            p = pe + 1;
+            u = ue;
+            continue;
+        }
+        if (*p != *u)
+            return false;
+        p++;
+        u++;
+    }
+    return *u == '\0' || (u[0] == '/' && u[1] == '\0'); /* tolerate one trailing slash */
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Responses
+ * ---------------------------------------------------------------------------------------- */
+
+enum MHD_Result http_respond(struct request *rq, unsigned status, const char *content_type,
+                             const char *body, size_t len)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    MHD_add_response_header(r, "X-Request-Id", rq->id);
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {
+        char allow[64] = "";
+        for (size_t i = 0; i < N_ROUTES; i++)
+            if (routes[i].handler == rq->route->handler && strstr(allow, routes[i].method) == NULL)
+                snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
+                         allow[0] ? ", " : "", routes[i].method);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    if (rq->body_too_large)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result res = MHD_queue_response(rq->conn, status, r);
+    MHD_destroy_response(r);
+    rq->status = (int)status;
+    rq->bytes_out = len;
+    rq->answered = true;
+    return res;
+}
+
+enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj)
+{
+    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(obj);
+    if (s == NULL) {
+        static const char oom[] = "{\"error\":\"out of memory\"}";
+        return http_respond(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", oom,
+                            sizeof oom - 1);
+    }
+    enum MHD_Result res = http_respond(rq, status, "application/json", s, strlen(s));
+    free(s);
+    return res;
+}
+
+enum MHD_Result http_respond_error(struct request *rq, unsigned status, const char *fmt, ...)
+{
+    char msg[ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return http_respond_json(rq, status, json_pack("{s:s}", "error", msg));
+}
+
+unsigned http_status_of(int status)
+{
+    switch (status) {
+        case INF_EINVAL:
+        case INF_EUNSUPPORTED:
+            return MHD_HTTP_BAD_REQUEST;
+        case INF_ELIMIT:
+            return MHD_HTTP_CONTENT_TOO_LARGE;
+        case INF_ENOTFOUND:
+            return MHD_HTTP_NOT_FOUND;
+        case INF_ENOMEM:
+            return MHD_HTTP_SERVICE_UNAVAILABLE;
+        default:
+            return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The access handler
+ * ---------------------------------------------------------------------------------------- */
+
+static bool request_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
+/* Is the content type acceptable for a JSON body? Absent is fine (curl --data-binary). */
+static bool content_type_ok(const char *ct)
+{
+    if (ct == NULL)
+        return true;
+    size_t n = strcspn(ct, "; \t");
+    return (n == 16 && strncasecmp(ct, "application/json", n) == 0) ||
+           (n == 24 && strncasecmp(ct, "application/octet-stream", n) == 0);
+}
+
+static struct request *request_new(struct server *srv, struct MHD_Connection *conn,
+                                   const char *url, const char *method)
+{
+    struct request *rq = calloc(1, sizeof *rq);
+    if (rq == NULL)
+        return NULL;
+    rq->srv = srv;
+    rq->conn = conn;
+    rq->method = method;
+    clock_gettime(CLOCK_MONOTONIC, &rq->start);
+    const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (cid != NULL && request_id_ok(cid))
+        snprintf(rq->id, sizeof rq->id, "%s", cid);
+    else
+        snprintf(rq->id, sizeof rq->id, "req-%lx", (unsigned long)atomic_fetch_add(&srv->next_id, 1));
+    /* HEAD is GET without a body (MHD drops it). */
+    const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+    const struct route *path_match = NULL;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1] = {{0}};
+        if (!route_match(routes[i].pattern, url, params))
+            continue;
+        path_match = &routes[i];
+        if (strcmp(routes[i].method, m) == 0) {
+            rq->route = &routes[i];
+            memcpy(rq->params, params, sizeof params);
+            break;
+        }
+    }
+    if (rq->route == NULL && path_match != NULL)
+        rq->route = path_match; /* for the 405's Allow header; flagged by the method */
+    atomic_fetch_add(&srv->inflight, 1);
+    return rq;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    struct server *srv = cls;
+    struct request *rq = *con_cls;
+    if (rq == NULL) {
+        rq = request_new(srv, conn, url, method);
+        if (rq == NULL)
+            return MHD_NO;
+        *con_cls = rq;
+        const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+        if (rq->route == NULL)
+            return http_respond_error(rq, MHD_HTTP_NOT_FOUND, "no route for %s %s", method,
+                                      url);
+        if (strcmp(rq->route->method, m) != 0)
+            return http_respond_error(rq, MHD_HTTP_METHOD_NOT_ALLOWED,
+                                      "%s is not allowed on %s", method, rq->route->pattern);
+        const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_TYPE);
+        if (rq->route->has_body && !content_type_ok(ct))
+            return http_respond_error(rq, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                      "Content-Type \"%.64s\" is not supported: send "
+                                      "application/json (curl: -H 'Content-Type: "
+                                      "application/json')",
+                                      ct);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl != NULL) {
+            char *end = NULL;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (end != cl && *end == '\0' && n > srv->opt.max_body_bytes) {
+                rq->body_too_large = true;
+                if (srv->metrics != NULL)
+                    metrics_reject(srv->metrics, "body_too_large");
+                return http_respond_error(rq, MHD_HTTP_CONTENT_TOO_LARGE,
+                                          "request body of %llu bytes is over the limit of %zu",
+                                          n, srv->opt.max_body_bytes);
+            }
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (rq->answered)
+            return MHD_YES; /* discard what follows an early answer */
+        if (rq->body_too_large) {
+            rq->discarded += n;
+            return rq->discarded > 4 * srv->opt.max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        if (!rq->route->has_body)
+            return MHD_YES; /* GET with a body: ignored */
+        if (rq->body_len + n > srv->opt.max_body_bytes) {
+            /* libmicrohttpd 0.9.75 cannot answer in the middle of an upload: drop the body,
+             * keep reading (up to 4x the limit, then cut the connection) and answer 413 at
+             * its end. */
+            if (!rq->body_too_large && srv->metrics != NULL)
+                metrics_reject(srv->metrics, "body_too_large");
+            rq->body_too_large = true;
+            free(rq->body);
+            rq->body = NULL;
+            rq->body_cap = 0;
+            rq->discarded += n;
+            return rq->discarded > 4 * srv->opt.max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        if (rq->body_len + n + 1 > rq->body_cap) {
+            size_t cap = rq->body_cap ? rq->body_cap : 16384;
+            while (cap < rq->body_len + n + 1)
+                cap *= 2;
+            char *nb = realloc(rq->body, cap);
+            if (nb == NULL)
+                return http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
+            rq->body = nb;
+            rq->body_cap = cap;
+        }
+        memcpy(rq->body + rq->body_len, upload_data, n);
+        rq->body_len += n;
+        rq->body[rq->body_len] = '\0';
+        return MHD_YES;
+    }
+    if (rq->answered)
+        return MHD_YES;
+    if (rq->body_too_large)
+        return http_respond_error(rq, MHD_HTTP_CONTENT_TOO_LARGE,
+                                  "request body is over the limit of %zu bytes",
+                                  srv->opt.max_body_bytes);
+    if (rq->body == NULL) {
+        rq->body = calloc(1, 1);
+        if (rq->body == NULL)
+            return MHD_NO;
+    }
+    return rq->route->handler(rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    struct server *srv = cls;
+    struct request *rq = *con_cls;
+    if (rq == NULL)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double secs = (double)(now.tv_sec - rq->start.tv_sec) +
+                  (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-9;
+    const char *route = rq->route ? rq->route->pattern : "other";
+    int status = rq->answered ? rq->status : 0;
+    if (srv->metrics != NULL)
+        metrics_observe_request(srv->metrics, route, rq->method, status, secs, rq->body_len,
+                                rq->bytes_out);
+    if (srv->opt.access_log)
+        log_msg(LOG_INFO,
+                "access id=%s method=%s route=%s model=%s status=%d latency_ms=%.3f in=%zu "
+                "out=%zu%s",
+                rq->id, rq->method, route, rq->params[0][0] ? rq->params[0] : "-", status,
+                secs * 1e3, rq->body_len, rq->bytes_out,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    free(rq->body);
+    free(rq);
+    *con_cls = NULL;
+    atomic_fetch_sub(&srv->inflight, 1);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    log_msg(LOG_WARN, "http: %s", msg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Daemon
+ * ---------------------------------------------------------------------------------------- */
+
+/* Parses "host:port" or "[v6]:port" into addr. */
+static int parse_listen(const char *spec, struct sockaddr_storage *addr, bool *v6,
+                        struct err *e)
+{
+    char host[256];
+    const char *port;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (close == NULL || close[1] != ':')
+            return err_set(e, INF_EINVAL, "--listen %s: expected [address]:port", spec);
+        snprintf(host, sizeof host, "%.*s", (int)(close - spec - 1), spec + 1);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (colon == NULL)
+            return err_set(e, INF_EINVAL, "--listen %s: expected address:port", spec);
+        snprintf(host, sizeof host, "%.*s", (int)(colon - spec), spec);
+        port = colon + 1;
+    }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, port, &hints, &res) != 0 || res == NULL)
+        return err_set(e, INF_EINVAL, "--listen %s: not a numeric address and port", spec);
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *v6 = res->ai_family == AF_INET6;
+    freeaddrinfo(res);
+    return INF_OK;
+}
+
+int http_start(struct server *srv, struct err *e)
+{
+    struct sockaddr_storage addr;
+    bool v6 = false;
+    int rc = parse_listen(srv->opt.listen, &addr, &v6, e);
+    if (rc)
+        return rc;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (v6)
+        flags |= MHD_USE_IPv6;
+    srv->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
+        MHD_OPTION_END);
+    if (srv->daemon == NULL)
+        return err_set(e, INF_EIO, "cannot listen on %s (address in use or not permitted?)",
+                       srv->opt.listen);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon,
+                                                           MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : 0;
+    return INF_OK;
+}
+
+void http_stop(struct server *srv)
+{
+    if (srv->daemon != NULL)
+        MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+}

@@ -1,0 +1,121 @@
+/*
+ * server/http.h - the HTTP front end: the server state, one request's state, the route table,
+ * and response helpers. Internal to server/.
+ *
+ * Every request is answered with JSON (or Prometheus text for /metrics). Errors are
+ * {"error": "message"} with the status that fits: 400 malformed or invalid, 404 unknown model
+ * or route, 405 wrong method (with Allow), 413 body too large (answered from Content-Length
+ * before the body is read), 415 wrong content type, 503 + Retry-After when a queue is full or
+ * the server drains.
+ *
+ * Threads: libmicrohttpd runs handlers on its pool of --http-threads threads; a handler may
+ * block (the batcher). Shared state lives in struct server: immutable options, the registry
+ * and metrics (each with its own lock) and a few atomics.
+ */
+#ifndef INFERA_SERVER_HTTP_H
+#define INFERA_SERVER_HTTP_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <microhttpd.h>
+
+#include "oip.h"
+#include "registry.h"
+
+struct metrics;
+
+/* `infera serve` settings: flags, or INFERA_* environment variables (see serve.c). */
+struct server_options {
+    char listen[256];        /* host:port; port 0 picks a free port (logged) */
+    char data_dir[4096];
+    char models_dir[4096];
+    unsigned http_threads;
+    unsigned infer_workers;  /* forwards of one model at once */
+    size_t max_batch_size;
+    int64_t max_batch_delay_us;
+    size_t queue_size;       /* waiting requests per model */
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned connection_timeout_s;
+    size_t connection_memory; /* per-connection buffer: caps the request line and headers */
+    double drain_delay_s;
+    double drain_timeout_s;
+    bool access_log;
+    struct oip_limits limits;
+};
+
+struct server {
+    struct server_options opt;
+    struct registry *registry;
+    struct metrics *metrics;
+    struct MHD_Daemon *daemon;
+    uint16_t port;
+    atomic_bool ready;    /* started, initial scan done, not draining */
+    atomic_bool draining;
+    atomic_long inflight; /* requests between their first byte and their completion */
+    atomic_ulong next_id;
+};
+
+#define ROUTE_MAX_PARAMS 2
+
+struct request;
+typedef enum MHD_Result (*route_fn)(struct request *rq);
+
+struct route {
+    const char *method;
+    const char *pattern; /* "/v2/models/{m}/versions/{v}/infer": {x} captures one segment */
+    route_fn handler;
+    bool has_body;       /* reads a JSON body */
+};
+
+/* One request, from its first callback to completion (MHD's con_cls). */
+struct request {
+    struct server *srv;
+    struct MHD_Connection *conn;
+    const struct route *route;
+    const char *method;
+    char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1]; /* captured {m}, {v} */
+    char *body;       /* the request body, NUL-terminated */
+    size_t body_len, body_cap;
+    bool body_too_large;
+    size_t discarded; /* bytes dropped after the body went over the limit */
+    bool answered;    /* a response was queued */
+    struct timespec start;
+    char id[72];      /* X-Request-Id: the client's if well-formed, else generated */
+    int status;
+    size_t bytes_out;
+};
+
+/* Starts and stops the daemon (http.c). */
+int http_start(struct server *srv, struct err *e);
+void http_stop(struct server *srv);
+
+/* Response helpers: each queues one response, records the status, returns MHD's result. */
+enum MHD_Result http_respond(struct request *rq, unsigned status, const char *content_type,
+                             const char *body, size_t len);
+/* Serializes obj (steals the reference) as compact JSON. */
+enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj);
+/* {"error": message}; 503 responses get Retry-After: 1. */
+enum MHD_Result http_respond_error(struct request *rq, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Maps an engine status to an HTTP status: EINVAL 400, ELIMIT 413 or 503, ENOTFOUND 404,
+ * ENOMEM 503, others 500. */
+unsigned http_status_of(int status);
+
+/* The v2 endpoint handlers (handlers.c). */
+enum MHD_Result handle_live(struct request *rq);
+enum MHD_Result handle_ready(struct request *rq);
+enum MHD_Result handle_server_meta(struct request *rq);
+enum MHD_Result handle_models_list(struct request *rq);
+enum MHD_Result handle_model_meta(struct request *rq);
+enum MHD_Result handle_model_ready(struct request *rq);
+enum MHD_Result handle_infer(struct request *rq);
+enum MHD_Result handle_explain(struct request *rq);
+enum MHD_Result handle_repo_index(struct request *rq);
+enum MHD_Result handle_repo_load(struct request *rq);
+enum MHD_Result handle_repo_unload(struct request *rq);
+enum MHD_Result handle_metrics(struct request *rq);
+
+#endif /* INFERA_SERVER_HTTP_H */
