@@ -212,7 +212,11 @@ static void lead(struct batcher *b, struct batch_item *self)
 int batcher_run(struct batcher *b, const float *x, size_t B, float *out, struct err *e)
 {
     struct batch_item item = {.x = x, .out = out, .B = B};
-    pthread_cond_init(&item.cond, NULL);
+    pthread_condattr_t attr; /* timed waits measure the monotonic clock */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&item.cond, &attr);
+    pthread_condattr_destroy(&attr);
     pthread_mutex_lock(&b->lock);
     if (b->queued >= b->cfg.queue_cap) {
         pthread_mutex_unlock(&b->lock);

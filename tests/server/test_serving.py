@@ -1,0 +1,205 @@
+"""Serving under real conditions: concurrent clients with dynamic batching get their own
+answers, models are replaced under load without losing a request, a full queue answers 503
+with Retry-After, SIGHUP reloads the store, SIGTERM drains in-flight requests and exits 0."""
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serverlib import (SLOW, Server, digits_request, digits_rows, infera,  # noqa: E402
+                       trained_repo)
+from harness import main, tmpdir  # noqa: E402
+
+
+def probs(body):
+    return next(o for o in body["outputs"] if o["name"] == "probabilities")["data"]
+
+
+def close(a, b, tol=1e-5):
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_concurrent_clients_get_their_own_answers():
+    rows = digits_rows(40)
+    with Server(models=trained_repo(), args=["--max-batch-delay-us", "2000"]) as s:
+        # The answer for every row alone, sequentially.
+        expected = []
+        for r in rows:
+            st, body = s.post("/v2/models/digits/infer", digits_request([r]))
+            assert st == 200, body
+            expected.append(probs(body))
+        errors = []
+
+        def client(k):
+            for i in range(25 // SLOW + 1):
+                a = (k * 7 + i) % len(rows)
+                n = 1 + (k + i) % 3  # batches of 1 to 3 rows
+                sel = [rows[(a + j) % len(rows)] for j in range(n)]
+                req = digits_request(sel, id="c%d-%d" % (k, i))
+                st, body = s.post("/v2/models/digits/infer", req)
+                if st != 200 or body.get("id") != req["id"]:
+                    errors.append((st, body))
+                    continue
+                got = probs(body)
+                want = [v for j in range(n) for v in expected[(a + j) % len(rows)]]
+                if not close(got, want):
+                    errors.append(("mixed", req["id"]))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:5]
+        _, metrics = s.get("/metrics")
+        # Batching happened: some forward passes carried more than one row.
+        counts = {}
+        for m in re.finditer(r'infera_inference_batch_size_bucket\{model="digits",le="([^"]+)"\} '
+                             r'(\d+)', metrics):
+            counts[m.group(1)] = int(m.group(2))
+        assert counts and counts["+Inf"] > counts["1"], counts
+
+
+def test_replace_under_load_loses_no_request():
+    repo = trained_repo()
+    with open(os.path.join(repo, "digits", "model.json")) as f:
+        config = f.read()
+    with open(os.path.join(repo, "digits", "weights.safetensors"), "rb") as f:
+        weights = base64.b64encode(f.read()).decode()
+    rows = digits_rows(8)
+    with Server(models=repo) as s:
+        load = {"parameters": {"config": config, "file:weights.safetensors": weights}}
+        st, body = s.post("/v2/repository/models/hot/load", load)
+        assert st == 200 and body["version"] == "1", body
+        st, base = s.post("/v2/models/hot/infer", digits_request(rows))
+        assert st == 200
+        stop = threading.Event()
+        failures, done = [], [0]
+
+        def client():
+            while not stop.is_set():
+                st, body = s.post("/v2/models/hot/infer", digits_request(rows))
+                if st != 200 or not close(probs(body), probs(base)):
+                    failures.append((st, body))
+                done[0] += 1
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        versions = []
+        for _ in range(6):
+            st, body = s.post("/v2/repository/models/hot/load", load)
+            assert st == 200, body
+            versions.append(body["version"])
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert versions == ["2", "3", "4", "5", "6", "7"], versions
+        assert not failures, failures[:3]
+        assert done[0] > 10, done
+        st, meta = s.get("/v2/models/hot")
+        assert meta["versions"] == ["1", "2", "3", "4", "5", "6", "7"]
+
+
+def test_full_queue_answers_503_with_retry_after():
+    rows = digits_rows(1)
+    args = ["--queue-size", "1", "--infer-workers", "1", "--max-batch-delay-us", "400000"]
+    with Server(models=trained_repo(), args=args) as s:
+        results = []
+
+        def slow():  # leads a batch that waits 0.4 s to fill
+            results.append(s.request("POST", "/v2/models/digits/infer", digits_request(rows)))
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.15 * SLOW)
+        st, body, headers = s.request("POST", "/v2/models/digits/infer", digits_request(rows))
+        t.join()
+        assert st == 503, (st, body)
+        assert headers.get("retry-after") == "1"
+        assert "queue" in body["error"]
+        assert results[0][0] == 200
+        _, metrics = s.get("/metrics")
+        assert 'infera_rejections_total{reason="queue_full"} 1' in metrics
+
+
+def test_sighup_reloads_the_store():
+    repo = tmpdir()
+    src = trained_repo()
+    shutil.copytree(os.path.join(src, "digits"), os.path.join(repo, "digits"))
+    with Server(models=repo) as s:
+        assert s.get("/v2/models/reg")[0] == 404
+        os.makedirs(os.path.join(repo, "reg", "2"))
+        for f in ("model.json", "weights.safetensors"):
+            shutil.copy(os.path.join(src, "reg", f), os.path.join(repo, "reg", "2", f))
+        shutil.rmtree(os.path.join(repo, "digits"))
+        s.signal(signal.SIGHUP)
+        deadline = time.time() + 10 * SLOW
+        while time.time() < deadline and s.get("/v2/models/reg")[0] != 200:
+            time.sleep(0.05)
+        st, meta = s.get("/v2/models/reg")
+        assert st == 200 and meta["versions"] == ["2"], meta
+        assert s.get("/v2/models/digits")[0] == 404
+        req = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2],
+                           "data": [0.5, -0.5]}]}
+        st, body = s.post("/v2/models/reg/versions/2/infer", req)
+        assert st == 200 and body["model_version"] == "2"
+
+
+def test_sigterm_drains_in_flight_requests():
+    rows = digits_rows(1)
+    args = ["--max-batch-delay-us", "700000", "--drain-delay", "0.3"]
+    s = Server(models=trained_repo(), args=args).start()
+    try:
+        results = []
+        t = threading.Thread(target=lambda: results.append(
+            s.post("/v2/models/digits/infer", digits_request(rows))))
+        t.start()
+        time.sleep(0.2 * SLOW)
+        s.signal(signal.SIGTERM)  # the request above is still waiting for its batch
+        time.sleep(0.1 * SLOW)
+        assert s.get("/v2/health/ready")[0] == 503  # readiness turns at once
+        assert s.get("/v2/health/live")[0] == 200
+        t.join()
+        assert results and results[0][0] == 200, results
+        assert s.proc.wait(timeout=30 * SLOW) == 0
+        log = s.read_log()
+        assert "SIGTERM received" in log and "stopped" in log
+    finally:
+        s.stop(check=False)
+
+
+def test_serve_matches_cli_predict_for_every_model():
+    repo = trained_repo()
+    requests = {
+        "digits": digits_request(digits_rows(3), parameters={"top_k": 2}),
+        "cnn": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                            "data": [v for r in digits_rows(2) for v in r["input"]]}]},
+        "text": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                             "data": ["Bugs in the kernel", "Ünïcödé wörds ✓"]}]},
+        "reg": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2],
+                            "data": [[0.1, 0.2], [-1.5, 1.0]]}]},
+    }
+    with Server(models=repo) as s:
+        for name, req in requests.items():
+            st, body = s.post("/v2/models/%s/infer" % name, req)
+            assert st == 200, (name, body)
+            cli = json.loads(infera("predict", "--model", os.path.join(repo, name),
+                                    stdin=json.dumps(req), check=0).stdout)
+            for a, b in zip(body["outputs"], cli["outputs"]):
+                assert a["name"] == b["name"] and a["shape"] == b["shape"]
+                if a["datatype"] == "FP32":
+                    assert close(a["data"], b["data"], 1e-6), name
+                else:
+                    assert a["data"] == b["data"], name
+
+
+if __name__ == "__main__":
+    main(globals())
