@@ -175,8 +175,24 @@ enum MHD_Result handle_infer(struct request *rq)
     float *out = NULL;
     char vs[16];
     snprintf(vs, sizeof vs, "%d", v->version);
-    if (oip_request_parse(v->model, rq->body, rq->body_len, &rq->srv->opt.limits, &req, &e) !=
-        INF_OK) {
+    size_t json_len = rq->body_len;
+    const char *hl = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                                 "Inference-Header-Content-Length");
+    if (hl != NULL) {
+        char *end = NULL;
+        unsigned long long n = strtoull(hl, &end, 10);
+        if (end == hl || *end != '\0' || n > rq->body_len) {
+            memset(&req, 0, sizeof req);
+            res = http_respond_error(rq, MHD_HTTP_BAD_REQUEST,
+                                     "Inference-Header-Content-Length: expected the length of "
+                                     "the JSON header, at most the body's %zu bytes",
+                                     rq->body_len);
+            goto out;
+        }
+        json_len = (size_t)n;
+    }
+    if (oip_request_parse_binary(v->model, rq->body, rq->body_len, json_len,
+                                 &rq->srv->opt.limits, &req, &e) != INF_OK) {
         res = parse_error(rq, &e);
         goto out;
     }
@@ -195,7 +211,22 @@ enum MHD_Result handle_infer(struct request *rq)
         res = http_respond_error(rq, http_status_of(rc), "%s", e.msg);
         goto out;
     }
-    res = http_respond_json(rq, MHD_HTTP_OK, oip_response_build(v->model, v->name, vs, &req, out));
+    char *resp = NULL;
+    size_t resp_len = 0, resp_json = 0;
+    if (oip_response_encode(v->model, v->name, vs, &req, out, &resp, &resp_len, &resp_json) !=
+        INF_OK) {
+        res = http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
+        goto out;
+    }
+    if (resp_json == resp_len) {
+        res = http_respond(rq, MHD_HTTP_OK, "application/json", resp, resp_len);
+    } else {
+        char hdr[32];
+        snprintf(hdr, sizeof hdr, "%zu", resp_json);
+        res = http_respond_extra(rq, MHD_HTTP_OK, "application/octet-stream", resp, resp_len,
+                                 "Inference-Header-Content-Length", hdr);
+    }
+    free(resp);
 out:
     free(out);
     oip_request_deinit(&req);

@@ -73,12 +73,21 @@ static bool route_match(const char *pattern, const char *url,
 enum MHD_Result http_respond(struct request *rq, unsigned status, const char *content_type,
                              const char *body, size_t len)
 {
+    return http_respond_extra(rq, status, content_type, body, len, NULL, NULL);
+}
+
+enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const char *content_type,
+                                   const char *body, size_t len, const char *header,
+                                   const char *value)
+{
     struct MHD_Response *r =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (r == NULL)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(r, "X-Request-Id", rq->id);
+    if (header != NULL)
+        MHD_add_response_header(r, header, value);
     if (status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {

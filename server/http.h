@@ -95,6 +95,10 @@ void http_stop(struct server *srv);
 /* Response helpers: each queues one response, records the status, returns MHD's result. */
 enum MHD_Result http_respond(struct request *rq, unsigned status, const char *content_type,
                              const char *body, size_t len);
+/* The same with one extra response header (header and value borrowed). */
+enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const char *content_type,
+                                   const char *body, size_t len, const char *header,
+                                   const char *value);
 /* Serializes obj (steals the reference) as compact JSON. */
 enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj);
 /* {"error": message}; 503 responses get Retry-After: 1. */

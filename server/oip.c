@@ -141,6 +141,119 @@ int oip_label_index(const struct model *m, const char *label)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * Binary tensor data (Triton's extension): little-endian elements after the JSON header
+ * ---------------------------------------------------------------------------------------- */
+
+static size_t dtype_bytes(const char *dt)
+{
+    if (strcmp(dt, "FP64") == 0 || strcmp(dt, "INT64") == 0 || strcmp(dt, "UINT64") == 0)
+        return 8;
+    if (strcmp(dt, "FP32") == 0 || strcmp(dt, "INT32") == 0 || strcmp(dt, "UINT32") == 0)
+        return 4;
+    if (strcmp(dt, "FP16") == 0 || strcmp(dt, "BF16") == 0 || strcmp(dt, "INT16") == 0 ||
+        strcmp(dt, "UINT16") == 0)
+        return 2;
+    return 1; /* INT8, UINT8, BOOL */
+}
+
+static uint64_t load_le(const unsigned char *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15), exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    float v;
+    if (exp == 0)
+        v = ldexpf((float)man, -24);
+    else if (exp == 31)
+        v = man ? NAN : INFINITY;
+    else
+        v = ldexpf((float)(man | 0x400), (int)exp - 25);
+    return sign ? -v : v;
+}
+
+/* Converts n elements of datatype dt at p to floats, rejecting non-finite values. */
+static int binary_to_floats(const unsigned char *p, size_t n, const char *dt, float *out,
+                            struct err *e)
+{
+    size_t w = dtype_bytes(dt);
+    for (size_t i = 0; i < n; i++, p += w) {
+        uint64_t u = load_le(p, w);
+        double d;
+        if (strcmp(dt, "FP32") == 0) {
+            uint32_t b = (uint32_t)u;
+            float f;
+            memcpy(&f, &b, 4);
+            d = f;
+        } else if (strcmp(dt, "FP64") == 0) {
+            memcpy(&d, &u, 8);
+        } else if (strcmp(dt, "FP16") == 0) {
+            d = half_to_float((uint16_t)u);
+        } else if (strcmp(dt, "BF16") == 0) {
+            uint32_t b = (uint32_t)u << 16;
+            float f;
+            memcpy(&f, &b, 4);
+            d = f;
+        } else if (dt[0] == 'I') { /* sign-extend INT8..INT64 */
+            int shift = (int)(64 - 8 * w);
+            d = (double)((int64_t)(u << shift) >> shift);
+        } else { /* UINT*, BOOL */
+            d = (double)u;
+            if (strcmp(dt, "BOOL") == 0 && u > 1)
+                return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: BOOL must be 0 or 1",
+                               i);
+        }
+        if (!isfinite(d) || d > 3.4028234663852886e38 || d < -3.4028234663852886e38)
+            return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: not a finite FP32 value",
+                           i);
+        out[i] = (float)d;
+    }
+    return INF_OK;
+}
+
+/* BYTES in binary form: each element a 4-byte little-endian length, then the bytes. */
+static int binary_texts(const unsigned char *p, size_t len, size_t B, const struct oip_limits *lim,
+                        struct oip_request *req, const struct model *m, struct err *e)
+{
+    const struct model_info *info = model_get_info(m);
+    req->texts = calloc(B, sizeof *req->texts);
+    req->text_lens = calloc(B, sizeof *req->text_lens);
+    req->x = malloc(B * info->in_size * sizeof *req->x);
+    if (!req->texts || !req->text_lens || !req->x)
+        return err_set(e, INF_ENOMEM, "out of memory");
+    req->batch = B;
+    size_t off = 0;
+    for (size_t i = 0; i < B; i++) {
+        if (len - off < 4)
+            return err_set(e, INF_EINVAL, "inputs[0] binary data: element %zu is truncated", i);
+        size_t n = (size_t)load_le(p + off, 4);
+        off += 4;
+        if (n > len - off)
+            return err_set(e, INF_EINVAL, "inputs[0] binary data: element %zu is truncated", i);
+        if (n > lim->max_text)
+            return err_set(e, INF_ELIMIT, "inputs[0] binary data[%zu]: %zu bytes, the limit is "
+                                          "%zu",
+                           i, n, lim->max_text);
+        req->texts[i] = malloc(n + 1);
+        if (req->texts[i] == NULL)
+            return err_set(e, INF_ENOMEM, "out of memory");
+        memcpy(req->texts[i], p + off, n);
+        req->texts[i][n] = '\0';
+        req->text_lens[i] = n;
+        model_featurize_text(m, req->texts[i], n, req->x + i * info->in_size, NULL);
+        off += n;
+    }
+    if (off != len)
+        return err_set(e, INF_EINVAL, "inputs[0] binary data: %zu bytes left over", len - off);
+    return INF_OK;
+}
+
+/* ------------------------------------------------------------------------------------------
  * Requests
  * ---------------------------------------------------------------------------------------- */
 
@@ -209,6 +322,14 @@ static int parse_outputs(const struct model *m, const json_t *outs, struct oip_r
                                                  : "probabilities, label")
                                : "output");
         req->outputs |= bit;
+        const json_t *bd = json_object_get(json_object_get(json_array_get(outs, i), "parameters"),
+                                           "binary_data");
+        if (bd != NULL && !json_is_boolean(bd))
+            return err_set(e, INF_EINVAL, "outputs[%zu].parameters.binary_data: expected true or "
+                                          "false",
+                           i);
+        if (json_is_true(bd))
+            req->binary_outputs |= bit;
     }
     return INF_OK;
 }
@@ -254,11 +375,24 @@ static int parse_text_input(const struct model *m, const json_t *in, size_t B,
 int oip_request_parse(const struct model *m, const char *body, size_t len,
                       const struct oip_limits *lim, struct oip_request *req, struct err *e)
 {
+    return oip_request_parse_binary(m, body, len, len, lim, req, e);
+}
+
+int oip_request_parse_binary(const struct model *m, const char *body, size_t len,
+                             size_t json_len, const struct oip_limits *lim,
+                             struct oip_request *req, struct err *e)
+{
     const struct model_info *info = model_get_info(m);
     json_error_t je;
     int rc = INF_OK;
     memset(req, 0, sizeof *req);
-    json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (json_len > len)
+        return err_set(e, INF_EINVAL, "Inference-Header-Content-Length %zu is beyond the body "
+                                      "(%zu bytes)",
+                       json_len, len);
+    const unsigned char *bin = (const unsigned char *)body + json_len;
+    size_t bin_len = len - json_len;
+    json_t *doc = json_loadb(body, json_len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL)
         return err_set(e, INF_EINVAL, "invalid JSON at line %d column %d: %s", je.line,
                        je.column, je.text);
@@ -298,9 +432,17 @@ int oip_request_parse(const struct model *m, const char *body, size_t len,
             }
             req->top_k = (int)json_integer_value(tk);
         }
+        const json_t *bdo = json_object_get(params, "binary_data_output");
+        if (bdo != NULL && !json_is_boolean(bdo)) {
+            rc = err_set(e, INF_EINVAL, "parameters.binary_data_output: expected true or false");
+            goto out;
+        }
+        req->binary_all = json_is_true(bdo);
     }
     if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), req, e)))
         goto out;
+    if (req->binary_all)
+        req->binary_outputs = req->outputs;
 
     const json_t *inputs = json_object_get(doc, "inputs");
     if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
@@ -352,6 +494,34 @@ int oip_request_parse(const struct model *m, const char *body, size_t len,
                      "inputs[0].shape[0]: batch of %zu; expected 1 to %zu", B, lim->max_batch);
         goto out;
     }
+    const json_t *bds = json_object_get(json_object_get(in, "parameters"), "binary_data_size");
+    if (bds != NULL) {
+        if (!json_is_integer(bds) || json_integer_value(bds) < 0 ||
+            (size_t)json_integer_value(bds) != bin_len) {
+            rc = err_set(e, INF_EINVAL, "inputs[0].parameters.binary_data_size: %lld, but %zu "
+                                        "bytes follow the JSON header",
+                         (long long)json_integer_value(bds), bin_len);
+            goto out;
+        }
+        if (json_object_get(in, "data") != NULL) {
+            rc = err_set(e, INF_EINVAL, "inputs[0]: both \"data\" and binary data");
+            goto out;
+        }
+    } else if (bin_len > 0) {
+        rc = err_set(e, INF_EINVAL, "%zu bytes follow the JSON header but no input declares "
+                                    "parameters.binary_data_size",
+                     bin_len);
+        goto out;
+    }
+    if (text && bds != NULL) {
+        if (strcmp(dt, "BYTES") != 0) {
+            rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES",
+                         dt);
+            goto out;
+        }
+        rc = binary_texts(bin, bin_len, B, lim, req, m, e);
+        goto out;
+    }
     if (text) {
         if (strcmp(dt, "BYTES") != 0) {
             rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES",
@@ -378,9 +548,20 @@ int oip_request_parse(const struct model *m, const char *body, size_t len,
         rc = err_set(e, INF_ENOMEM, "out of memory for %zu elements", n);
         goto out;
     }
-    if ((rc = oip_tensor_from_json(json_object_get(in, "data"), dt, dims, (int)rank, n, req->raw,
-                                   "inputs[0].data", e)))
+    if (bds != NULL) {
+        size_t need;
+        if (!size_mul_ok(n, dtype_bytes(dt), &need) || need != bin_len) {
+            rc = err_set(e, INF_EINVAL, "inputs[0] binary data: %zu bytes, %zu %s elements need "
+                                        "%zu",
+                         bin_len, n, dt, n * dtype_bytes(dt));
+            goto out;
+        }
+        if ((rc = binary_to_floats(bin, n, dt, req->raw, e)))
+            goto out;
+    } else if ((rc = oip_tensor_from_json(json_object_get(in, "data"), dt, dims, (int)rank, n,
+                                          req->raw, "inputs[0].data", e))) {
         goto out;
+    }
     req->batch = B;
     model_featurize_tensor(m, req->raw, B, req->x, NULL);
 out:
@@ -505,4 +686,95 @@ fail:
     json_decref(outs);
     json_decref(res);
     return NULL;
+}
+
+/* Appends the binary form of a JSON output's data (FP32 numbers or BYTES strings) to buf. */
+static int append_binary(const json_t *tensor, char **buf, size_t *len, size_t *cap)
+{
+    const json_t *data = json_object_get(tensor, "data");
+    bool bytes = strcmp(json_string_value(json_object_get(tensor, "datatype")), "BYTES") == 0;
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        const json_t *v = json_array_get(data, i);
+        size_t n = bytes ? 4 + json_string_length(v) : 4;
+        if (*len + n > *cap) {
+            size_t nc = *cap * 2 + n;
+            char *nb = realloc(*buf, nc);
+            if (nb == NULL)
+                return INF_ENOMEM;
+            *buf = nb;
+            *cap = nc;
+        }
+        unsigned char *p = (unsigned char *)*buf + *len;
+        uint32_t word;
+        if (bytes) {
+            word = (uint32_t)json_string_length(v);
+        } else {
+            float f = (float)json_number_value(v);
+            memcpy(&word, &f, 4);
+        }
+        for (int k = 0; k < 4; k++)
+            p[k] = (unsigned char)(word >> (8 * k));
+        if (bytes)
+            memcpy(p + 4, json_string_value(v), json_string_length(v));
+        *len += n;
+    }
+    return INF_OK;
+}
+
+static unsigned output_bit(const char *name)
+{
+    if (strcmp(name, "probabilities") == 0)
+        return OIP_OUT_PROBABILITIES;
+    if (strcmp(name, "label") == 0)
+        return OIP_OUT_LABEL;
+    if (strcmp(name, "output") == 0)
+        return OIP_OUT_OUTPUT;
+    return OIP_OUT_TOP_K;
+}
+
+int oip_response_encode(const struct model *m, const char *model_name, const char *model_version,
+                        const struct oip_request *req, const float *out, char **buf, size_t *len,
+                        size_t *json_len)
+{
+    json_t *res = oip_response_build(m, model_name, model_version, req, out);
+    char *bin = NULL, *text = NULL;
+    size_t blen = 0, bcap = 0;
+    int rc = INF_ENOMEM;
+    if (res == NULL)
+        goto out;
+    if (req->binary_outputs != 0) {
+        json_t *outs = json_object_get(res, "outputs");
+        for (size_t i = 0; i < json_array_size(outs); i++) {
+            json_t *t = json_array_get(outs, i);
+            if (!(req->binary_outputs & output_bit(json_string_value(json_object_get(t, "name")))))
+                continue;
+            size_t before = blen;
+            if (append_binary(t, &bin, &blen, &bcap) != INF_OK)
+                goto out;
+            json_object_del(t, "data");
+            json_object_set_new(t, "parameters",
+                                json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before)));
+        }
+    }
+    text = json_dumps(res, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    if (text == NULL)
+        goto out;
+    size_t tl = strlen(text);
+    char *all = realloc(text, tl + blen + 1);
+    if (all == NULL)
+        goto out;
+    text = all;
+    if (blen > 0)
+        memcpy(text + tl, bin, blen);
+    text[tl + blen] = '\0';
+    *buf = text;
+    *len = tl + blen;
+    *json_len = tl;
+    text = NULL;
+    rc = INF_OK;
+out:
+    free(text);
+    free(bin);
+    json_decref(res);
+    return rc;
 }

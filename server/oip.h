@@ -39,6 +39,8 @@ struct oip_request {
     char **texts;      /* (B) NUL-terminated texts (text models); owned */
     size_t *text_lens; /* (B) byte lengths (texts may hold NUL bytes) */
     unsigned outputs;  /* enum oip_output bits requested */
+    unsigned binary_outputs; /* of those, the ones to send as binary data */
+    bool binary_all;   /* parameters.binary_data_output */
     int top_k;         /* parameters.top_k, 0 if absent */
     json_t *params;    /* "parameters" object or NULL; new reference */
 };
@@ -52,6 +54,24 @@ struct oip_request {
 int oip_request_parse(const struct model *m, const char *body, size_t len,
                       const struct oip_limits *lim, struct oip_request *req, struct err *e);
 void oip_request_deinit(struct oip_request *req);
+
+/*
+ * The same for a body in Triton's binary tensor form: the first json_len bytes are the JSON
+ * header (Inference-Header-Content-Length), the rest the input's raw little-endian elements
+ * (BYTES: 4-byte length + bytes each), sized by inputs[0].parameters.binary_data_size.
+ */
+int oip_request_parse_binary(const struct model *m, const char *body, size_t len,
+                             size_t json_len, const struct oip_limits *lim,
+                             struct oip_request *req, struct err *e);
+
+/*
+ * Encodes the whole response: JSON, followed (when the request asked for binary outputs) by
+ * the binary data of those outputs in order. *json_len is the JSON part's length (== *len when
+ * nothing is binary). Caller frees *buf. Returns INF_ENOMEM on failure.
+ */
+int oip_response_encode(const struct model *m, const char *model_name, const char *model_version,
+                        const struct oip_request *req, const float *out, char **buf, size_t *len,
+                        size_t *json_len);
 
 /*
  * Builds the response for req from out (B, O): probabilities (after softmax) for a classifier,

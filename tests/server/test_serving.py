@@ -6,7 +6,9 @@ import json
 import os
 import re
 import shutil
+import http.client
 import signal
+import struct
 import sys
 import threading
 import time
@@ -199,6 +201,77 @@ def test_serve_matches_cli_predict_for_every_model():
                     assert close(a["data"], b["data"], 1e-6), name
                 else:
                     assert a["data"] == b["data"], name
+
+
+def binary_post(s, path, header, payload):
+    """Triton's binary tensor extension: JSON header, then raw bytes."""
+    hdr = json.dumps(header).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60 * SLOW)
+    conn.request("POST", path, hdr + payload, {"Inference-Header-Content-Length": str(len(hdr)),
+                                               "Content-Type": "application/octet-stream"})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    jl = int(r.getheader("Inference-Header-Content-Length") or len(data))
+    return r.status, json.loads(data[:jl]), data[jl:]
+
+
+def test_binary_tensor_extension():
+    rows = digits_rows(2)
+    pixels = [v for r in rows for v in r["input"]]
+    with Server(models=trained_repo()) as s:
+        st, ref = s.post("/v2/models/digits/infer", digits_request(rows))
+        want = probs(ref)
+        # FP32 in, probabilities out as binary, label as JSON.
+        head = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64],
+                            "parameters": {"binary_data_size": 2 * 64 * 4}}],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
+                            {"name": "label"}]}
+        st, body, tail = binary_post(s, "/v2/models/digits/infer", head,
+                                     struct.pack("<128f", *pixels))
+        assert st == 200, body
+        out = {o["name"]: o for o in body["outputs"]}
+        assert out["probabilities"]["parameters"]["binary_data_size"] == 80
+        assert "data" not in out["probabilities"]
+        assert close(list(struct.unpack("<20f", tail)), want, 1e-6)
+        assert out["label"]["data"] == next(o for o in ref["outputs"]
+                                            if o["name"] == "label")["data"]
+        # UINT8 and FP16 inputs give the same answer (pixels are small integers).
+        for dt, fmt, size in (("UINT8", "<128B", 1), ("FP16", "<128e", 2), ("INT64", "<128q", 8)):
+            head["inputs"][0].update(datatype=dt, parameters={"binary_data_size": 128 * size})
+            head["outputs"] = [{"name": "probabilities"}]
+            st, body, tail = binary_post(s, "/v2/models/digits/infer", head,
+                                         struct.pack(fmt, *[int(p) for p in pixels]))
+            assert st == 200 and close(probs(body), want, 1e-5), (dt, body)
+        # All outputs binary, text input as BYTES elements.
+        texts = [b"kernel panic", "caf\u00e9".encode()]
+        payload = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+        head = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                            "parameters": {"binary_data_size": len(payload)}}],
+                "parameters": {"binary_data_output": True}}
+        st, body, tail = binary_post(s, "/v2/models/text/infer", head, payload)
+        assert st == 200, body
+        sizes = [o["parameters"]["binary_data_size"] for o in body["outputs"]]
+        assert sum(sizes) == len(tail) and sizes[0] == 2 * 6 * 4
+        st, jref = s.post("/v2/models/text/infer", {"inputs": [{
+            "name": "text", "datatype": "BYTES", "shape": [2], "data": ["kernel panic",
+                                                                         "caf\u00e9"]}]})
+        assert close(list(struct.unpack("<12f", tail[:48])), probs(jref), 1e-6)
+        # Sizes that do not add up, and a header length beyond the body, are 400s.
+        head = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64],
+                            "parameters": {"binary_data_size": 100}}]}
+        st, body, _ = binary_post(s, "/v2/models/digits/infer", head, b"\0" * 100)
+        assert st == 400 and "binary" in body["error"], body
+        st, body, _ = binary_post(s, "/v2/models/digits/infer", {"inputs": []}, b"\0" * 8)
+        assert st == 400, body
+        nan = struct.pack("<f", float("nan")) * 128
+        head["inputs"][0]["parameters"]["binary_data_size"] = 512
+        st, body, _ = binary_post(s, "/v2/models/digits/infer", head, nan)
+        assert st == 400 and "finite" in body["error"], body
+        st, body, hd = s.request("POST", "/v2/models/digits/infer", b"{}",
+                                 headers={"Inference-Header-Content-Length": "99",
+                                          "Content-Type": "application/json"})
+        assert st == 400 and "Inference-Header-Content-Length" in body["error"]
 
 
 if __name__ == "__main__":
