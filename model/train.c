@@ -271,6 +271,8 @@ static void adam_step(struct model_trainer *t)
     const float *restrict g = t->grads;
     const double step = (double)t->step; /* already incremented */
     const float b1 = (float)t->cfg.beta1, b2 = (float)t->cfg.beta2;
+    /* 1 - beta in double, then rounded, as torch does: (1.0f - 0.999f) is off by 1.3e-5. */
+    const float omb1 = (float)(1.0 - t->cfg.beta1), omb2 = (float)(1.0 - t->cfg.beta2);
     const float lr = (float)t->cfg.learning_rate;
     const float step_size = (float)(t->cfg.learning_rate / (1.0 - pow(t->cfg.beta1, step)));
     const float inv_bc2_sqrt = (float)(1.0 / sqrt(1.0 - pow(t->cfg.beta2, step)));
@@ -282,8 +284,8 @@ static void adam_step(struct model_trainer *t)
     for (size_t i = 0; i < n; i++) {
         float pi = p[i] * decay;
         float gi = g[i] + adam_wd * pi;
-        float a = m1[i] * b1 + gi * (1.0f - b1);
-        float v = m2[i] * b2 + gi * gi * (1.0f - b2);
+        float a = m1[i] * b1 + gi * omb1;
+        float v = m2[i] * b2 + gi * gi * omb2;
         m1[i] = a;
         m2[i] = v;
         p[i] = pi - step_size * (a / (sqrtf(v) * inv_bc2_sqrt + eps));
