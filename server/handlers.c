@@ -155,9 +155,11 @@ static enum MHD_Result refuse_draining(struct request *rq)
                               "the server is shutting down; retry on another replica");
 }
 
+/* A request over a limit of its content (batch rows, elements, text length) is a 400: 413 is
+ * kept for the body size, answered before parsing. */
 static enum MHD_Result parse_error(struct request *rq, const struct err *e)
 {
-    return http_respond_error(rq, e->status == INF_ELIMIT ? MHD_HTTP_CONTENT_TOO_LARGE
+    return http_respond_error(rq, e->status == INF_ELIMIT ? MHD_HTTP_BAD_REQUEST
                                                           : http_status_of(e->status),
                               "%s", e->msg);
 }

@@ -122,6 +122,28 @@ enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *o
     return res;
 }
 
+/* Makes s valid UTF-8 in place: messages quote client text, which may be cut mid-character by
+ * a %.64s or hold bytes that are not UTF-8 at all. Bad bytes become '?'. */
+static void utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p != '\0') {
+        size_t n = *p < 0x80 ? 1 : (*p >> 5) == 0x6 ? 2 : (*p >> 4) == 0xe ? 3 : (*p >> 3) == 0x1e ? 4 : 0;
+        bool ok = n > 0 && !(n == 2 && *p < 0xc2) && !(n == 4 && *p > 0xf4);
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (p[k] & 0xc0) == 0x80;
+        if (ok && n == 3) /* no overlong forms, no surrogates */
+            ok = !(p[0] == 0xe0 && p[1] < 0xa0) && !(p[0] == 0xed && p[1] >= 0xa0);
+        if (ok && n == 4)
+            ok = !(p[0] == 0xf0 && p[1] < 0x90) && !(p[0] == 0xf4 && p[1] >= 0x90);
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 enum MHD_Result http_respond_error(struct request *rq, unsigned status, const char *fmt, ...)
 {
     char msg[ERR_MSG_MAX];
@@ -129,6 +151,7 @@ enum MHD_Result http_respond_error(struct request *rq, unsigned status, const ch
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_sanitize(msg);
     return http_respond_json(rq, status, json_pack("{s:s}", "error", msg));
 }
 
@@ -330,13 +353,25 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_msg(LOG_INFO,
                 "access id=%s method=%s route=%s model=%s status=%d latency_ms=%.3f in=%zu "
                 "out=%zu%s",
-                rq->id, rq->method, route, rq->params[0][0] ? rq->params[0] : "-", status,
+                rq->id, rq->method, route,
+                registry_name_valid(rq->params[0]) ? rq->params[0] : "-", status,
                 secs * 1e3, rq->body_len, rq->bytes_out,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     free(rq->body);
     free(rq);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->inflight, 1);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -348,6 +383,30 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
     log_msg(LOG_WARN, "http: %s", msg);
+}
+
+/*
+ * Percent-decoding of the URL path and query as MHD's own, except that "%00" stays as it is:
+ * a NUL would cut the path short of what the client sent ("/metrics%00x" routing as
+ * "/metrics"), and no route or model name can hold one.
+ */
+static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    char *w = s;
+    for (const char *r = s; *r != '\0';) {
+        int hi, lo;
+        if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 && (lo = hex_value(r[2])) >= 0 &&
+            (hi | lo) != 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 3;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -396,7 +455,8 @@ int http_start(struct server *srv, struct err *e)
         flags |= MHD_USE_IPv6;
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
         srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory,

@@ -14,7 +14,7 @@
  * Observations never fail a request: every observe/add/set function returns void and drops
  * the observation silently when its arguments are invalid (m NULL, bad metric or label name,
  * NaN, negative counter increment) or when memory runs out. After the first time a label set
- * is seen, recording it again allocates nothing: a hash lookup and an update under the lock.
+ * is seen, recording it again allocates nothing: a binary search and an update under the lock.
  *
  * Bounds (label values may come from users, e.g. model names):
  *   - At most METRICS_MAX_SERIES distinct label sets per family. Once a family is full, an

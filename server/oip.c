@@ -294,7 +294,7 @@ static int parse_outputs(const struct model *m, const json_t *outs, struct oip_r
     if (outs == NULL) {
         req->outputs = cls ? (OIP_OUT_PROBABILITIES | OIP_OUT_LABEL) : OIP_OUT_OUTPUT;
         if (req->top_k > 0)
-            req->outputs |= OIP_OUT_TOP_K;
+            req->outputs |= OIP_OUT_TOP_K_LABELS | OIP_OUT_TOP_K_PROBABILITIES;
         return INF_OK;
     }
     if (!json_is_array(outs) || json_array_size(outs) == 0)
@@ -308,9 +308,10 @@ static int parse_outputs(const struct model *m, const json_t *outs, struct oip_r
             bit = OIP_OUT_PROBABILITIES;
         else if (cls && strcmp(name, "label") == 0)
             bit = OIP_OUT_LABEL;
-        else if (cls && req->top_k > 0 &&
-                 (strcmp(name, "top_k_labels") == 0 || strcmp(name, "top_k_probabilities") == 0))
-            bit = OIP_OUT_TOP_K;
+        else if (cls && req->top_k > 0 && strcmp(name, "top_k_labels") == 0)
+            bit = OIP_OUT_TOP_K_LABELS;
+        else if (cls && req->top_k > 0 && strcmp(name, "top_k_probabilities") == 0)
+            bit = OIP_OUT_TOP_K_PROBABILITIES;
         else if (!cls && strcmp(name, "output") == 0)
             bit = OIP_OUT_OUTPUT;
         if (bit == 0)
@@ -655,7 +656,7 @@ json_t *oip_response_build(const struct model *m, const char *model_name,
         if (append_new(outs, tensor_json("label", "BYTES", B, 0, false, labels)))
             goto fail;
     }
-    if (req->outputs & OIP_OUT_TOP_K) {
+    if (req->outputs & (OIP_OUT_TOP_K_LABELS | OIP_OUT_TOP_K_PROBABILITIES)) {
         size_t k = (size_t)req->top_k;
         json_t *labels = json_array(), *probs = json_array();
         for (size_t r = 0; labels != NULL && probs != NULL && r < B; r++) {
@@ -671,8 +672,18 @@ json_t *oip_response_build(const struct model *m, const char *model_name,
             json_decref(probs);
             goto fail;
         }
-        if (append_new(outs, tensor_json("top_k_labels", "BYTES", B, k, true, labels)) ||
-            append_new(outs, tensor_json("top_k_probabilities", "FP32", B, k, true, probs)))
+        if (!(req->outputs & OIP_OUT_TOP_K_LABELS)) {
+            json_decref(labels);
+            labels = NULL;
+        }
+        if (!(req->outputs & OIP_OUT_TOP_K_PROBABILITIES)) {
+            json_decref(probs);
+            probs = NULL;
+        }
+        if ((labels != NULL &&
+             append_new(outs, tensor_json("top_k_labels", "BYTES", B, k, true, labels))) ||
+            (probs != NULL &&
+             append_new(outs, tensor_json("top_k_probabilities", "FP32", B, k, true, probs))))
             goto fail;
     }
     if (json_object_set_new(res, "outputs", outs) != 0) {
@@ -729,7 +740,9 @@ static unsigned output_bit(const char *name)
         return OIP_OUT_LABEL;
     if (strcmp(name, "output") == 0)
         return OIP_OUT_OUTPUT;
-    return OIP_OUT_TOP_K;
+    if (strcmp(name, "top_k_labels") == 0)
+        return OIP_OUT_TOP_K_LABELS;
+    return OIP_OUT_TOP_K_PROBABILITIES;
 }
 
 int oip_response_encode(const struct model *m, const char *model_name, const char *model_version,

@@ -27,8 +27,9 @@ struct oip_limits oip_limits_default(void);
 enum oip_output {
     OIP_OUT_PROBABILITIES = 1 << 0,
     OIP_OUT_LABEL = 1 << 1,
-    OIP_OUT_TOP_K = 1 << 2,
+    OIP_OUT_TOP_K_LABELS = 1 << 2,
     OIP_OUT_OUTPUT = 1 << 3,
+    OIP_OUT_TOP_K_PROBABILITIES = 1 << 4,
 };
 
 struct oip_request {
