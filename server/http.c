@@ -346,14 +346,22 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                   (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-9;
     const char *route = rq->route ? rq->route->pattern : "other";
     int status = rq->answered ? rq->status : 0;
+    /* The method is the client's word: label only the known ones, so junk cannot fill the
+     * metrics' label sets. */
+    static const char *const methods[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "PATCH",
+                                          "OPTIONS"};
+    const char *method = "other";
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (strcmp(rq->method, methods[i]) == 0)
+            method = methods[i];
     if (srv->metrics != NULL)
-        metrics_observe_request(srv->metrics, route, rq->method, status, secs, rq->body_len,
+        metrics_observe_request(srv->metrics, route, method, status, secs, rq->body_len,
                                 rq->bytes_out);
     if (srv->opt.access_log)
         log_msg(LOG_INFO,
                 "access id=%s method=%s route=%s model=%s status=%d latency_ms=%.3f in=%zu "
                 "out=%zu%s",
-                rq->id, rq->method, route,
+                rq->id, method, route,
                 registry_name_valid(rq->params[0]) ? rq->params[0] : "-", status,
                 secs * 1e3, rq->body_len, rq->bytes_out,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");

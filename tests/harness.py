@@ -23,6 +23,8 @@ WRAPPER = shlex.split(os.environ.get("INFERA_TEST_WRAPPER", ""))
 def infera(*args, stdin=None, timeout=600, check=None):
     """Runs infera with args; returns CompletedProcess (text). check=int asserts the code."""
     cmd = WRAPPER + [BIN] + [str(a) for a in args]
+    if WRAPPER:
+        timeout *= 20
     p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
     if WRAPPER and p.returncode == 99:
         raise AssertionError("memory checker reported errors:\n" + p.stderr[-4000:])
