@@ -799,8 +799,22 @@ static int parse_layers(struct model *m, const json_t *arr, struct err *e)
             l->fuse_relu = true;
             m->layers[i + 1].in_place = true;
         }
-        if (l->type == LAYER_FLATTEN || l->type == LAYER_DROPOUT)
+        if (l->type == LAYER_FLATTEN)
             l->in_place = true;
+        if (l->type == LAYER_DROPOUT) {
+            /* Dropout masks its input buffer in place unless a layer that owns or shares that
+             * buffer takes its derivative from its output value (Sigmoid, Tanh): masking would
+             * change what their backward reads. ReLU only reads the sign, which survives. */
+            bool safe = true;
+            for (size_t k = i; k-- > 0;) {
+                enum layer_type t = m->layers[k].type;
+                if (t == LAYER_SIGMOID || t == LAYER_TANH)
+                    safe = false;
+                if (!m->layers[k].in_place)
+                    break;
+            }
+            l->in_place = safe;
+        }
     }
     return INF_OK;
 }

@@ -160,7 +160,8 @@ int st_serialize(const struct st_out *ts, size_t n, const json_t *metadata, char
 /* Fills m->params with PyTorch's default init drawn from seed. */
 void params_default_init(struct model *m, uint64_t seed);
 
-/* Copies every "<i>.weight"/"<i>.bias" tensor of f into m->params; errors name the tensor. */
+/* Copies every "<i>.weight"/"<i>.bias" tensor of f into m->params; errors name the tensor.
+ * With m->params NULL it only checks that f holds exactly the tensors the layers need. */
 int params_from_safetensors(struct model *m, const struct st_file *f, struct err *e);
 
 /* ------------------------------------------------------------------------------------------

@@ -381,14 +381,17 @@ void layer_forward(const struct layer *l, const float *params, const float *in, 
         case LAYER_FLATTEN:
             break; /* in place: (C, H, W) and (C*H*W) are the same bytes */
         case LAYER_DROPOUT:
+            /* out aliases in unless a Sigmoid/Tanh output lies beneath (config.c). */
             if (training && l->p > 0) {
-                /* out aliases in. mask holds 0 or 1/(1-p), as torch scales at train time. */
+                /* mask holds 0 or 1/(1-p), as torch scales at train time. */
                 float *mask = ws->drop_mask + ws->drop_off[li];
                 const float keep = 1.0f / (1.0f - l->p);
                 for (size_t i = 0; i < n; i++) {
                     mask[i] = rng_uniform(rng) >= (double)l->p ? keep : 0.0f;
-                    out[i] *= mask[i];
+                    out[i] = in[i] * mask[i];
                 }
+            } else if (out != in) {
+                memcpy(out, in, n * sizeof *out);
             }
             break;
         case LAYER_RELU:

@@ -51,18 +51,13 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
         goto fail;
     }
     if (config_parse(m, doc, e) != INF_OK) {
-        err_prefix(e, "model.json");
+        if (e != NULL && strncmp(e->msg, "model.json", 10) != 0)
+            err_prefix(e, "model.json");
         goto fail;
     }
-    size_t bytes;
-    if (!size_mul_ok(m->n_params ? m->n_params : 1, sizeof(float), &bytes) ||
-        (m->params = malloc(bytes)) == NULL) {
-        err_set(e, INF_ENOMEM, "out of memory for %zu parameters", m->n_params);
-        goto fail;
-    }
-    if (weights == NULL) {
-        params_default_init(m, m->info.training.seed);
-    } else {
+    /* Parse the weights before allocating parameters: a tiny config must not make us allocate
+     * gigabytes that a weights file of a few bytes cannot fill. */
+    if (weights != NULL) {
         if (weights_len > MODEL_MAX_WEIGHTS_BYTES) {
             err_set(e, INF_ELIMIT, "weights.safetensors: %zu bytes is over the limit",
                     weights_len);
@@ -73,11 +68,27 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
             goto fail;
         }
         have_st = true;
+        /* m->params is still NULL: this checks every name and shape without copying. */
+        if (params_from_safetensors(m, &f, e) != INF_OK) {
+            err_prefix(e, "weights.safetensors");
+            goto fail;
+        }
+    }
+    size_t bytes;
+    if (!size_mul_ok(m->n_params ? m->n_params : 1, sizeof(float), &bytes) ||
+        (m->params = malloc(bytes)) == NULL) {
+        err_set(e, INF_ENOMEM, "out of memory for %zu parameters", m->n_params);
+        goto fail;
+    }
+    if (!have_st) {
+        params_default_init(m, m->info.training.seed);
+    } else {
         if (params_from_safetensors(m, &f, e) != INF_OK) {
             err_prefix(e, "weights.safetensors");
             goto fail;
         }
         st_file_deinit(&f);
+        have_st = false;
     }
     json_decref(doc);
     return m;

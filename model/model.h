@@ -33,7 +33,7 @@
 #define MODEL_MAX_LAYERS        256
 #define MODEL_MAX_DIM           (1u << 24)         /* any single dimension */
 #define MODEL_MAX_PARAMS        ((size_t)1 << 30)  /* 4 GiB of F32 parameters */
-#define MODEL_MAX_ACTIVATION    ((size_t)1 << 26)  /* elements per sample per layer */
+#define MODEL_MAX_ACTIVATION    ((size_t)1 << 24)  /* elements per sample per layer */
 #define MODEL_MAX_LABELS        100000
 #define MODEL_MAX_CONFIG_BYTES  ((size_t)16 << 20)
 #define MODEL_MAX_WEIGHTS_BYTES (((size_t)4 << 30) + ((size_t)100 << 20))

@@ -69,7 +69,8 @@ static int load_one(struct model *m, const struct st_file *f, size_t li, bool is
         return err_set(e, INF_EINVAL, "tensor \"%s\": shape %s, but layers[%zu] (%s) needs %s",
                        name, got, li, layer_type_name(l->type), exp);
     }
-    st_to_f32(t, m->params + (is_bias ? l->b_off : l->w_off));
+    if (m->params != NULL) /* NULL: only check names and shapes */
+        st_to_f32(t, m->params + (is_bias ? l->b_off : l->w_off));
     (*found)++;
     return INF_OK;
 }
@@ -94,8 +95,12 @@ int params_from_safetensors(struct model *m, const struct st_file *f, struct err
             char kind[16];
             int consumed = 0;
             bool used = false;
+            char canon[48];
+            /* Only the canonical spelling counts: "00.weight" or "+0.weight" is an extra. */
             if (sscanf(nm, "%lu.%15[a-z]%n", &idx, kind, &consumed) == 2 &&
-                nm[consumed] == '\0' && idx < m->n_layers) {
+                nm[consumed] == '\0' && idx < m->n_layers &&
+                snprintf(canon, sizeof canon, "%lu.%s", idx, kind) > 0 &&
+                strcmp(canon, nm) == 0) {
                 const struct layer *l = &m->layers[idx];
                 used = (strcmp(kind, "weight") == 0 && l->w_n > 0) ||
                        (strcmp(kind, "bias") == 0 && l->b_n > 0);

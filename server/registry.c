@@ -131,11 +131,11 @@ static struct reg_entry *entry_get(struct registry *r, const char *name, int ver
         r->entries = ne;
         r->cap = cap;
     }
-    en = &r->entries[r->n++];
-    memset(en, 0, sizeof *en);
-    snprintf(en->name, sizeof en->name, "%s", name);
-    en->version = version;
-    return en;
+    struct reg_entry fresh = {0};
+    snprintf(fresh.name, sizeof fresh.name, "%s", name);
+    fresh.version = version;
+    r->entries[r->n] = fresh;
+    return &r->entries[r->n++];
 }
 
 /* Installs a freshly loaded version (or records a failure) and publishes metrics. */

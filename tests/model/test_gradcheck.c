@@ -17,20 +17,25 @@
  *
  * Piecewise-linear layers (ReLU, LeakyReLU, MaxPool2d) are only differentiable away from their
  * kinks: inputs are resampled, one sample at a time, until every ReLU pre-activation is at
- * least MARGIN from 0 and every max-pool window's winner leads the runner-up by MARGIN
- * (measured on "probe" models: a prefix of the layers, followed by Flatten, with the same
- * parameters). Those cases use h = 1e-3: a step moves any pre-activation by at most h times
- * an input or weight (all below 1 here), far inside MARGIN, so L is exactly linear in the
- * perturbed value and only rounding remains. Smooth cases use h = 1e-2, where the truncation
- * error (h^2/6 f''' ~ 2e-5) stays below the rounding noise.
+ * least MARGIN = 0.02 from 0 and every max-pool window's winner leads the runner-up by
+ * MARGIN (measured on "probe" models: a prefix of the layers, with Flatten appended for an
+ * image, sharing the model's parameters). Those cases use h = 1e-3: a step moves any
+ * pre-activation by a few times h at most (inputs are at most 2.5, weights at most 1), far
+ * inside MARGIN, so L is exactly linear in the perturbed value and only rounding remains.
+ * Smooth cases (Sigmoid, Tanh, GELU, conv and linear chains) use h = 1e-2: the truncation
+ * error h^2/6 f''' stays around 1e-4, and the rounding noise shrinks with the larger step.
  *
- * Tolerance: |a - n| <= ATOL + RTOL |n| with ATOL = 2e-3, RTOL = 1e-2. The worst errors seen
- * over all cases are ~2e-4 (rounding noise ~ 1e-7 * sum |out R| / 2h), so the tolerance
- * has a 10x margin, yet every case also checks that its gradients are not all tiny (max |n|
- * above 0.05), so a sign flip, a missing term or a wrong index in a backward kernel shows as
- * an error of the size of the gradient itself. Each mutation of layers.c and loss.c listed in
- * the report that introduced this file (sign flips, dropped terms, off-by-one in col2im,
- * dropout without its mask, ...) made this program fail.
+ * Tolerance: |a - n| <= ATOL + RTOL |n| with ATOL = 2e-3, RTOL = 1e-2. The worst error seen
+ * over all cases is below 2e-4 (GC_VERBOSE=1 prints each case's), so the tolerance has a 10x
+ * margin; every case also checks that its gradients are not all tiny (max |n| above 0.05, 25x
+ * ATOL), so a sign flip, a dropped term or a wrong index in a backward kernel shows as an
+ * error of the size of the gradient itself. When this file was written, each of 23 one-line
+ * mutations made it fail: a sign or term changed in each activation's derivative, ReLU's
+ * y > 0 as y >= 0, Linear's dx/dW/db losing a row or a factor (sgemv and sgemm paths),
+ * col2im overwriting instead of adding or shifted by a row, Conv2d's db/dW not accumulated
+ * over the batch, the 1x1 path's dx halved, max-pool routing to the wrong channel or not
+ * accumulating, Dropout's backward without its mask, a fused ReLU that leaks, cross-entropy's
+ * one-hot unscaled, MSE without its factor 2, and backward's ping-pong buffers aliased.
  *
  * Each case runs at B = 1 (Linear takes the sgemv path) and B = 3 (sgemm), and also checks
  * that backward_pass gives the same parameter gradients without dx and the same dx without
@@ -92,7 +97,7 @@ enum probe_kind {
 
 struct probe {
     enum probe_kind kind;
-    const char *layers; /* JSON layer list of the prefix, ending in Flatten */
+    const char *layers; /* JSON layer list of the prefix (+ Flatten for an image) */
     int c, h, w;        /* PROBE_POOL: the pool's input shape */
     int k, s, p;        /* PROBE_POOL: square kernel, stride, padding */
 };
@@ -160,8 +165,8 @@ struct gc_case {
     double h;
     enum objective obj;
     enum input_kind in;
-    double scale;     /* IN_UNIFORM range; 0 means 1 */
-    bool training;    /* dropout on, masks from a fixed seed */
+    double scale;  /* IN_UNIFORM range; 0 means 1 */
+    bool training; /* dropout on, masks from a fixed seed */
     struct probe probes[4];
 };
 
@@ -170,10 +175,10 @@ struct gc {
     struct model *m;
     struct model_workspace *ws;
     size_t B, F, O, P;
-    float *R;       /* (B, O) OBJ_DOT weights */
-    int32_t *lab;   /* (B) OBJ_CE labels */
-    float *target;  /* (B, O) OBJ_MSE targets */
-    float *dout;    /* (B, O) */
+    float *R;      /* (B, O) OBJ_DOT weights */
+    int32_t *lab;  /* (B) OBJ_CE labels */
+    float *target; /* (B, O) OBJ_MSE targets */
+    float *dout;   /* (B, O) */
 };
 
 #define DROP_SEED 0x5eedULL
@@ -228,14 +233,14 @@ static double compare(struct gc *g, const char *what, const float *a, float *v, 
         if (err > worst)
             worst = err;
         if (!(err <= ATOL + RTOL * fabs(num)) && bad++ < 5)
-            fprintf(stderr, "  %s B=%zu %s[%zu]: analytic %.7g, numeric %.7g\n", g->c->name,
-                    g->B, what, i, (double)a[i], num);
+            fprintf(stderr, "  %s B=%zu %s[%zu]: analytic %.7g, numeric %.7g\n", g->c->name, g->B,
+                    what, i, (double)a[i], num);
     }
-    CHECK_MSG(bad == 0, "%s B=%zu: %zu of %zu %s gradients off (worst %.3g)", g->c->name, g->B,
-              bad, n, what, worst);
+    CHECK_MSG(bad == 0, "%s B=%zu: %zu of %zu %s gradients off (worst %.3g)", g->c->name, g->B, bad,
+              n, what, worst);
     if (getenv("GC_VERBOSE") != NULL)
-        fprintf(stderr, "  %-24s B=%zu %-6s n=%-4zu worst %.2e  max|grad| %.3f\n", g->c->name,
-                g->B, what, n, worst, big);
+        fprintf(stderr, "  %-24s B=%zu %-6s n=%-4zu worst %.2e  max|grad| %.3f\n", g->c->name, g->B,
+                what, n, worst, big);
     return big;
 }
 
@@ -248,12 +253,19 @@ static bool make_input(const struct gc_case *c, const struct model *m, size_t B,
     bool ok = true;
     int np = 0;
     for (; c->probes[np].kind != PROBE_NONE; np++) {
-        char json[1024];
-        snprintf(json, sizeof json, "%s", c->json);
         /* The probe: the same document with the layer list cut, as a regressor. */
-        char *layers = strstr(json, "'layers'");
-        char *task = strstr(json, "'classification'");
-        if (task != NULL)
+        char json[2048];
+        char *layers = NULL, *task;
+        if (strlen(c->json) < sizeof json / 2) {
+            snprintf(json, sizeof json, "%s", c->json);
+            layers = strstr(json, "'layers'");
+        }
+        CHECK_MSG(layers != NULL, "%s: cannot build the probe", c->name);
+        if (layers == NULL) {
+            ok = false;
+            break;
+        }
+        if ((task = strstr(json, "'classification'")) != NULL)
             memcpy(task, "'regression'    ", 16);
         snprintf(layers, sizeof json - (size_t)(layers - json), "'layers':%s}",
                  c->probes[np].layers);
@@ -325,7 +337,7 @@ static void gc_run(const struct gc_case *c, size_t B)
         goto out;
     for (size_t i = 0; i < B * g.O; i++) {
         g.R[i] = unif(&r, -1, 1);
-        g.target[i] = unif(&r, -1, 1);
+        g.target[i] = unif(&r, -3, 3); /* far from the outputs: MSE gradients of size */
     }
     for (size_t b = 0; b < B; b++)
         g.lab[b] = (int32_t)rng_below(&r, g.O);
@@ -344,8 +356,8 @@ static void gc_run(const struct gc_case *c, size_t B)
     if (g.P > 0)
         big = compare(&g, "param", grads, g.m->params, g.P, x);
     double bigx = compare(&g, "input", dx, x, B * g.F, x);
-    CHECK_MSG(g.P == 0 || big > MIN_SIGNAL, "%s B=%zu: parameter gradients too small (%g)",
-              c->name, B, big);
+    CHECK_MSG(g.P == 0 || big > MIN_SIGNAL, "%s B=%zu: parameter gradients too small (%g)", c->name,
+              B, big);
     CHECK_MSG(bigx > MIN_SIGNAL, "%s B=%zu: input gradients too small (%g)", c->name, B, bigx);
 out:
     free(x);
@@ -359,4 +371,276 @@ out:
     free(g.lab);
     model_workspace_free(g.ws);
     model_free(g.m);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Cases. Layers come last in each document (the probes replace them).
+ * ---------------------------------------------------------------------------------------- */
+
+#define REG(shape) "{'task':'regression','input':{'shape':" shape "},'layers':"
+#define CLS(shape) "{'task':'classification','input':{'shape':" shape "},'layers':"
+#define LIN(i, o)  "{'type':'Linear','in_features':" #i ",'out_features':" #o "}"
+#define ACT(t)     "{'type':'" t "'}"
+#define FLAT       "{'type':'Flatten'}"
+
+static void run_all(const struct gc_case *cs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        gc_run(&cs[i], 1);
+        gc_run(&cs[i], 3);
+    }
+}
+
+#define RUN_TABLE(t)   run_all(t, sizeof t / sizeof t[0])
+#define CASE(n, j, hh) .name = (n), .json = (j), .h = (hh)
+
+static void test_linear_and_activations(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("linear", REG("[5]") "[" LIN(5, 4) "]}", 1e-2)},
+        {CASE("linear_nobias",
+              REG("[5]") "[{'type':'Linear','in_features':5,'out_features':4,'bias':false}]}",
+              1e-2)},
+        {CASE("relu_on_input", REG("[6]") "[" ACT("ReLU") "," LIN(6, 3) "]}", 1e-3), .in = IN_AWAY},
+        {CASE("relu_after_tanh",
+              REG("[5]") "[" LIN(5, 6) "," ACT("Tanh") "," ACT("ReLU") "," LIN(6, 3) "]}", 1e-3),
+         .probes = {{.kind = PROBE_RELU, .layers = "[" LIN(5, 6) "]"}}},
+        {CASE("leaky_relu",
+              REG("[5]") "[" LIN(5, 6) ",{'type':'LeakyReLU','negative_slope':0.1}," LIN(6, 3) "]}",
+              1e-3),
+         .probes = {{.kind = PROBE_RELU, .layers = "[" LIN(5, 6) "]"}}},
+        {CASE("sigmoid", REG("[5]") "[" LIN(5, 6) "," ACT("Sigmoid") "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3},
+        {CASE("tanh", REG("[5]") "[" LIN(5, 6) "," ACT("Tanh") "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3},
+        {CASE("gelu", REG("[5]") "[" LIN(5, 6) "," ACT("GELU") "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3},
+        {CASE("gelu_tanh",
+              REG("[5]") "[" LIN(5, 6) ",{'type':'GELU','approximate':'tanh'}," LIN(6, 3) "]}",
+              1e-2),
+         .scale = 3},
+        {CASE("flatten_on_input", REG("[2, 3, 3]") "[" FLAT "," LIN(18, 4) "]}", 1e-2)},
+    };
+    RUN_TABLE(t);
+}
+
+#define DROP(p) "{'type':'Dropout','p':" #p "}"
+
+static void test_dropout(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("dropout_after_gelu",
+              REG("[6]") "[" LIN(6, 8) "," ACT("GELU") "," DROP(0.4) "," LIN(8, 3) "]}", 1e-2),
+         .scale = 2, .training = true},
+        {CASE("dropout_on_input", REG("[6]") "[" DROP(0.5) "," LIN(6, 3) "]}", 1e-2),
+         .training = true},
+        {CASE("dropout_last", REG("[6]") "[" LIN(6, 5) "," DROP(0.3) "]}", 1e-2), .training = true},
+        {CASE("dropout_p0", REG("[6]") "[" LIN(6, 5) "," ACT("Tanh") "," DROP(0) "," LIN(5, 2) "]}",
+              1e-2),
+         .training = true},
+        {CASE("dropout_after_fused_relu",
+              REG("[5]") "[" LIN(5, 6) "," ACT("ReLU") "," DROP(0.5) "," LIN(6, 3) "]}", 1e-3),
+         .training = true, .probes = {{.kind = PROBE_RELU, .layers = "[" LIN(5, 6) "]"}}},
+        /* Sigmoid and Tanh take their derivative from their output, which an in-place
+         * Dropout right after them overwrites with the masked, rescaled values. */
+        {CASE("dropout_after_sigmoid",
+              REG("[5]") "[" LIN(5, 6) "," ACT("Sigmoid") "," DROP(0.3) "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3, .training = true},
+        {CASE("dropout_after_tanh",
+              REG("[5]") "[" LIN(5, 6) "," ACT("Tanh") "," DROP(0.3) "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3, .training = true},
+        {CASE("dropout_inference",
+              REG("[5]") "[" LIN(5, 6) "," ACT("Sigmoid") "," DROP(0.3) "," LIN(6, 3) "]}", 1e-2),
+         .scale = 3},
+    };
+    RUN_TABLE(t);
+}
+
+/* Dropout's gradient is dout * mask, and the mask is 0 or 1/(1-p), about p of it 0. */
+static void test_dropout_mask(void)
+{
+    const size_t B = 64, O = 5;
+    struct model *m = load_sq(REG("[6]") "[" LIN(6, 5) "," DROP(0.3) "]}", "mask");
+    struct model_workspace *ws = m ? model_workspace_new(m, B, NULL) : NULL;
+    float x[64 * 6], R[64 * 5], grads[6 * 5 + 5];
+    struct rng r;
+    CHECK(ws != NULL);
+    if (ws == NULL)
+        goto out;
+    rng_seed(&r, 7);
+    for (size_t i = 0; i < B * 6; i++)
+        x[i] = unif(&r, -1, 1);
+    for (size_t i = 0; i < B * O; i++)
+        R[i] = unif(&r, -1, 1);
+    rng_seed(&r, DROP_SEED);
+    forward_pass(m, ws, x, B, true, &r);
+    backward_pass(m, ws, R, B, grads, NULL);
+    const float *mask = ws->drop_mask + ws->drop_off[1];
+    size_t zeros = 0, bad = 0;
+    for (size_t i = 0; i < B * O; i++) {
+        zeros += mask[i] == 0.0f;
+        bad += mask[i] != 0.0f && mask[i] != 1.0f / 0.7f;
+    }
+    CHECK_MSG(bad == 0, "%zu mask values are neither 0 nor 1/(1-p)", bad);
+    CHECK_MSG(zeros > 60 && zeros < 132, "%zu of 320 dropped, expected about 96", zeros);
+    for (size_t j = 0; j < O; j++) { /* the bias gradient is the column sum of dout * mask */
+        double s = 0.0;
+        for (size_t b = 0; b < B; b++)
+            s += (double)R[b * O + j] * mask[b * O + j];
+        CHECK_NEAR(grads[30 + j], s, 1e-4);
+    }
+out:
+    model_workspace_free(ws);
+    model_free(m);
+}
+
+#define CONV(ic, oc, extra)                                                                        \
+    "{'type':'Conv2d','in_channels':" #ic ",'out_channels':" #oc "," extra "}"
+
+/* (2, 7, 6) -> (3, 4, 7); (1, 6, 7) -> (2, 4, 3); (2, 6, 6) -> (3, 6, 6) -> (2, 3, 3) */
+#define CONV_RECT  CONV(2, 3, "'kernel_size':[3,2],'stride':[2,1],'padding':[1,1]")
+#define CONV_ROWS  CONV(1, 2, "'kernel_size':[2,3],'stride':2,'padding':[1,0]")
+#define CONV_NOB   CONV(2, 3, "'kernel_size':3,'padding':1,'bias':false")
+#define CONV_PW    CONV(3, 4, "'kernel_size':1")
+#define CONV_PW_S2 CONV(3, 2, "'kernel_size':1,'stride':2")
+#define CONV_A     CONV(2, 3, "'kernel_size':3,'padding':1")
+#define CONV_B     CONV(3, 2, "'kernel_size':2,'stride':2")
+
+static void test_conv(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("conv_rect_pad_stride", REG("[2, 7, 6]") "[" CONV_RECT "," FLAT "]}", 1e-2)},
+        {CASE("conv_stride2_pad_rows", REG("[1, 6, 7]") "[" CONV_ROWS "," FLAT "]}", 1e-2)},
+        {CASE("conv_nobias", REG("[2, 5, 5]") "[" CONV_NOB "," FLAT "]}", 1e-2)},
+        {CASE("conv_1x1", REG("[3, 4, 4]") "[" CONV_PW "," FLAT "]}", 1e-2)},
+        {CASE("conv_1x1_stride2", REG("[3, 5, 5]") "[" CONV_PW_S2 "," FLAT "]}", 1e-2)},
+        {CASE("conv_chain", REG("[2, 6, 6]") "[" CONV_A "," CONV_B "," FLAT "," LIN(18, 3) "]}",
+              1e-2)},
+    };
+    RUN_TABLE(t);
+}
+
+#define POOL(extra) "{'type':'MaxPool2d'," extra "}"
+#define POOL_PAD    POOL("'kernel_size':3,'stride':2,'padding':1")             /* 7x7 -> 4x4 */
+#define POOL_RECT   POOL("'kernel_size':[2,3],'stride':[1,2],'padding':[1,1]") /* 6x7 -> 7x4 */
+#define POOL2       POOL("'kernel_size':2")
+
+static void test_maxpool(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("pool_pad_stride", REG("[2, 7, 7]") "[" POOL_PAD "," FLAT "]}", 1e-3),
+         .in = IN_DISTINCT},
+        {CASE("pool_rect", REG("[2, 6, 7]") "[" POOL_RECT "," FLAT "]}", 1e-3), .in = IN_DISTINCT},
+        {CASE("pool_default_stride", REG("[1, 6, 6]") "[" POOL2 "," FLAT "," LIN(9, 2) "]}", 1e-3),
+         .in = IN_DISTINCT},
+    };
+    RUN_TABLE(t);
+}
+
+#define RELU  ACT("ReLU")
+#define HID2  LIN(5, 6) "," RELU "," LIN(6, 4) /* two Linear layers, the first fused with ReLU */
+#define C1    CONV(1, 3, "'kernel_size':3,'padding':1") /* keeps H and W */
+#define C2    CONV(3, 2, "'kernel_size':2")             /* (3, 3, 3) -> (2, 2, 2) */
+#define CNN_A C1 "," RELU "," POOL2 "," C2
+
+static void test_fused(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("fused_linear_relu", REG("[5]") "[" HID2 "," RELU "," LIN(4, 3) "]}", 1e-3),
+         .probes = {{.kind = PROBE_RELU, .layers = "[" LIN(5, 6) "]"},
+                    {.kind = PROBE_RELU, .layers = "[" HID2 "]"}}},
+        {CASE("fused_relu_last", REG("[5]") "[" LIN(5, 6) "," RELU "]}", 1e-3),
+         .probes = {{.kind = PROBE_RELU, .layers = "[" LIN(5, 6) "]"}}},
+        {CASE("fused_conv_relu", REG("[1, 5, 5]") "[" C1 "," RELU "," FLAT "," LIN(75, 3) "]}",
+              1e-3),
+         .probes = {{.kind = PROBE_RELU, .layers = "[" C1 "," FLAT "]"}}},
+        {CASE("cnn", REG("[1, 6, 6]") "[" CNN_A "," RELU "," FLAT "," LIN(8, 3) "]}", 1e-3),
+         .scale = 2,
+         .probes = {{.kind = PROBE_RELU, .layers = "[" C1 "," FLAT "]"},
+                    {PROBE_POOL, "[" C1 "," RELU "," FLAT "]", 3, 6, 6, 2, 2, 0},
+                    {.kind = PROBE_RELU, .layers = "[" CNN_A "," FLAT "]"}}},
+    };
+    RUN_TABLE(t);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Losses
+ * ---------------------------------------------------------------------------------------- */
+
+static void test_losses_through_model(void)
+{
+    static const struct gc_case t[] = {
+        {CASE("cross_entropy_mlp", CLS("[4]") "[" LIN(4, 6) "," ACT("Tanh") "," LIN(6, 3) "]}",
+              1e-2),
+         .obj = OBJ_CE, .scale = 2},
+        {CASE("mse_mlp", REG("[4]") "[" LIN(4, 5) "," ACT("GELU") "," LIN(5, 2) "]}", 1e-2),
+         .obj = OBJ_MSE, .scale = 2},
+    };
+    RUN_TABLE(t);
+}
+
+/* The loss functions alone, in double: values against a direct computation, gradients
+ * against central differences (the loss is a double, so h = 1e-3 leaves ~1e-9 of noise and
+ * 1e-7 of truncation: 1e-5 is a wide tolerance that still sees any wrong factor). */
+static void test_losses_direct(void)
+{
+    enum { B = 4, C = 5 };
+    float z[B * C], t[B * C], d[B * C];
+    int32_t lab[B] = {0, 3, 4, 3};
+    struct rng r;
+    rng_seed(&r, 99);
+    for (int i = 0; i < B * C; i++) {
+        z[i] = unif(&r, -3, 3);
+        t[i] = unif(&r, -1, 1);
+    }
+    double want = 0.0;
+    for (int b = 0; b < B; b++) {
+        double s = 0.0;
+        for (int j = 0; j < C; j++)
+            s += exp((double)z[b * C + j]);
+        want += (log(s) - z[b * C + lab[b]]) / B;
+    }
+    CHECK_NEAR(loss_cross_entropy(z, lab, B, C, d), want, 1e-6);
+    for (int i = 0; i < B * C; i++) {
+        float keep = z[i], up = keep + 1e-3f, down = keep - 1e-3f;
+        z[i] = up;
+        double lp = loss_cross_entropy(z, lab, B, C, NULL);
+        z[i] = down;
+        double lm = loss_cross_entropy(z, lab, B, C, NULL);
+        z[i] = keep;
+        CHECK_NEAR(d[i], (lp - lm) / ((double)up - (double)down), 1e-5);
+    }
+    want = 0.0;
+    for (int i = 0; i < B * C; i++)
+        want += ((double)z[i] - t[i]) * ((double)z[i] - t[i]) / (B * C);
+    CHECK_NEAR(loss_mse(z, t, B, C, d), want, 1e-6);
+    for (int i = 0; i < B * C; i++) {
+        float keep = z[i], up = keep + 1e-3f, down = keep - 1e-3f;
+        z[i] = up;
+        double lp = loss_mse(z, t, B, C, NULL);
+        z[i] = down;
+        double lm = loss_mse(z, t, B, C, NULL);
+        z[i] = keep;
+        CHECK_NEAR(d[i], (lp - lm) / ((double)up - (double)down), 1e-5);
+    }
+    /* Huge logits stay finite, and each gradient row sums to 0. */
+    float big[2 * 3] = {1000, -1000, 999, -500, 800, 800};
+    int32_t bl[2] = {1, 2};
+    double L = loss_cross_entropy(big, bl, 2, 3, d);
+    CHECK_NEAR(L, (2000 + log1p(exp(-1.0)) + log(2.0)) / 2, 1e-3);
+    for (int b = 0; b < 2; b++)
+        CHECK_NEAR(d[b * 3] + d[b * 3 + 1] + d[b * 3 + 2], 0.0, 1e-6);
+}
+
+int main(void)
+{
+    RUN(test_linear_and_activations);
+    RUN(test_dropout);
+    RUN(test_dropout_mask);
+    RUN(test_conv);
+    RUN(test_maxpool);
+    RUN(test_fused);
+    RUN(test_losses_through_model);
+    RUN(test_losses_direct);
+    return test_finish();
 }
