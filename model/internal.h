@@ -9,6 +9,19 @@
 
 #include "model.h"
 
+/*
+ * Element-wise hot loops (activations, bias, optimizers) are compiled twice on x86-64, for AVX2
+ * and for the baseline, and the loader picks one at start (GCC's target_clones, an ifunc):
+ * one binary runs everywhere and uses 8-wide vectors where it can. The C standard mode keeps
+ * floating-point contraction off, so both clones compute bit-identical results.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define MODEL_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define MODEL_HOT
+#endif
+
 /* ------------------------------------------------------------------------------------------
  * Layers
  * ---------------------------------------------------------------------------------------- */

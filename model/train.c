@@ -232,7 +232,7 @@ int model_trainer_epochs_done(const struct model_trainer *t)
  * torch.optim's single-tensor implementations.
  * ---------------------------------------------------------------------------------------- */
 
-static void sgd_step(struct model_trainer *t)
+MODEL_HOT static void sgd_step(struct model_trainer *t)
 {
     const size_t n = t->m->n_params;
     float *restrict p = t->m->params;
@@ -262,7 +262,7 @@ static void sgd_step(struct model_trainer *t)
     }
 }
 
-static void adam_step(struct model_trainer *t)
+MODEL_HOT static void adam_step(struct model_trainer *t)
 {
     const size_t n = t->m->n_params;
     float *restrict p = t->m->params;
