@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "oip.h"
+#include "oip_fast.h"
 
 struct oip_limits oip_limits_default(void)
 {
@@ -393,7 +394,36 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
                        json_len, len);
     const unsigned char *bin = (const unsigned char *)body + json_len;
     size_t bin_len = len - json_len;
-    json_t *doc = json_loadb(body, json_len, JSON_REJECT_DUPLICATES, &je);
+    /* Fast path: FP32 tensor data parsed by a tight number parser, jansson for the rest. */
+    float *fast = NULL;
+    size_t fast_n = 0;
+    int64_t fast_dims[OIP_FAST_MAX_RANK];
+    int fast_rank = 0;
+    json_t *doc = NULL;
+    if (json_len == len) {
+        char *rest = NULL;
+        size_t rest_len = 0;
+        rc = oip_fast_extract_data(body, len, lim->max_elements, &fast, &fast_n, fast_dims,
+                                   &fast_rank, &rest, &rest_len, e);
+        if (rc != INF_OK && rc != INF_ENOTFOUND)
+            return rc;
+        rc = INF_OK;
+        if (fast != NULL) {
+            doc = json_loadb(rest, rest_len, JSON_REJECT_DUPLICATES, &je);
+            const char *dt0 = json_string_value(
+                json_object_get(json_array_get(json_object_get(doc, "inputs"), 0), "datatype"));
+            /* Other datatypes check their values' range on doubles: take the full parse. */
+            if (doc == NULL || dt0 == NULL || strcmp(dt0, "FP32") != 0) {
+                json_decref(doc);
+                doc = NULL;
+                free(fast);
+                fast = NULL;
+            }
+            free(rest);
+        }
+    }
+    if (doc == NULL)
+        doc = json_loadb(body, json_len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL)
         return err_set(e, INF_EINVAL, "invalid JSON at line %d column %d: %s", je.line,
                        je.column, je.text);
@@ -559,6 +589,18 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
         }
         if ((rc = binary_to_floats(bin, n, dt, req->raw, e)))
             goto out;
+    } else if (fast != NULL) {
+        bool flat = fast_rank == 1 && (size_t)fast_dims[0] == n;
+        bool nested = fast_rank == (int)rank;
+        for (size_t i = 0; nested && i < rank; i++)
+            nested = fast_dims[i] == dims[i];
+        if (!flat && !nested) {
+            rc = err_set(e, INF_EINVAL, "inputs[0].data: %zu elements nested %d deep; the shape "
+                                        "needs %zu, flat or nested as the shape",
+                         fast_n, fast_rank, n);
+            goto out;
+        }
+        memcpy(req->raw, fast, n * sizeof *req->raw);
     } else if ((rc = oip_tensor_from_json(json_object_get(in, "data"), dt, dims, (int)rank, n,
                                           req->raw, "inputs[0].data", e))) {
         goto out;
@@ -566,6 +608,7 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     req->batch = B;
     model_featurize_tensor(m, req->raw, B, req->x, NULL);
 out:
+    free(fast);
     json_decref(doc);
     return rc;
 }

@@ -247,13 +247,6 @@ static const char *scan_number(const char *p, const char *end, struct num *n)
  * Numbers to values, the way jansson does it
  * ---------------------------------------------------------------------------------------- */
 
-enum num_status {
-    NUM_OK,
-    NUM_INT_RANGE, /* an integer token outside int64: jansson rejects it */
-    NUM_LOCALE,    /* strtod did not read the whole token: not the "C" locale */
-    NUM_NOMEM,
-};
-
 static const double pow10_exact[23] = {
     1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
@@ -262,23 +255,25 @@ static const double pow10_exact[23] = {
 /*
  * The double jansson stores for the token: for an integer token (double)strtoll, for others
  * strtod - both the double nearest to the token's value (ties to even), except that the
- * integer -0 is the integer 0, i.e. +0.0.
+ * integer -0 is the integer 0, i.e. +0.0. Returns INF_EINVAL for an integer outside int64
+ * (jansson rejects it), INF_ENOTFOUND if strtod stops early (not the "C" locale: leave the
+ * body to jansson), INF_ENOMEM.
  */
-static enum num_status num_value(const struct num *n, double *out)
+static int num_value(const struct num *n, double *out)
 {
     if (n->integer) {
         /* No leading zeros, so more than 19 digits is >= 10^19 > 2^63. */
         uint64_t lim = n->neg ? (uint64_t)1 << 63 : ((uint64_t)1 << 63) - 1;
         if (n->exp10 > 0 || n->mant > lim)
-            return NUM_INT_RANGE;
+            return INF_EINVAL;
         /* Integer -> double rounds to nearest, as jansson's (double)json_int_t does. */
         double d = (double)n->mant;
         *out = n->neg && n->mant != 0 ? -d : d;
-        return NUM_OK;
+        return INF_OK;
     }
     if (n->mant == 0) { /* every digit 0: the exponent does not matter */
         *out = n->neg ? -0.0 : 0.0;
-        return NUM_OK;
+        return INF_OK;
     }
 #if CLINGER_FAST_PATH
     /*
@@ -291,19 +286,19 @@ static enum num_status num_value(const struct num *n, double *out)
         double d = (double)n->mant;
         d = n->exp10 < 0 ? d / pow10_exact[-n->exp10] : d * pow10_exact[n->exp10];
         *out = n->neg ? -d : d;
-        return NUM_OK;
+        return INF_OK;
     }
 #endif
     char stack[64], *buf = stack, *endp;
     if (n->len >= sizeof stack && (buf = malloc(n->len + 1)) == NULL)
-        return NUM_NOMEM;
+        return INF_ENOMEM;
     memcpy(buf, n->text, n->len);
     buf[n->len] = '\0';
     *out = strtod(buf, &endp); /* overflow gives +-HUGE_VAL, caught by the FP32 check */
     bool whole = endp == buf + n->len;
     if (buf != stack)
         free(buf);
-    return whole ? NUM_OK : NUM_LOCALE;
+    return whole ? INF_OK : INF_ENOTFOUND;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -316,6 +311,7 @@ struct data {
     int rank;                        /* levels of nesting; 0 until the first number */
     int64_t dims[OIP_FAST_MAX_RANK]; /* 0 until the first array at that level closes */
     size_t count[OIP_FAST_MAX_RANK]; /* elements so far in the open array at each level */
+    const char *begin, *end;         /* the array in the body, once parsed */
 };
 
 static int data_err(const struct data *d, struct err *e, const char *what)
@@ -326,7 +322,8 @@ static int data_err(const struct data *d, struct err *e, const char *what)
 /* A byte that cannot end a number: whatever it is part of is reported as the "number". */
 static bool is_token_byte(char c)
 {
-    return c > ' ' && c < 0x7f && strchr(",[]{}:\"", c) == NULL;
+    return c > ' ' && c < 0x7f && c != ',' && c != '[' && c != ']' && c != '{' && c != '}' &&
+           c != ':' && c != '"';
 }
 
 static int bad_number(const struct data *d, const char *p, const char *end, struct err *e)
@@ -377,17 +374,12 @@ static int data_element(struct data *d, const char **pp, const char *end, struct
     if (q == NULL || (q < end && is_token_byte(*q))) /* 012, 1.5x, 0x10, 1e5.5 */
         return bad_number(d, p, end, e);
     double v;
-    switch (num_value(&n, &v)) {
-        case NUM_OK:
-            break;
-        case NUM_INT_RANGE:
-            return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: integer %.*s is out of range", d->n,
-                           n.len > 32 ? 32 : (int)n.len, p);
-        case NUM_LOCALE:
-            return INF_ENOTFOUND;
-        case NUM_NOMEM:
-            return err_set(e, INF_ENOMEM, "out of memory");
-    }
+    int rc = num_value(&n, &v);
+    if (rc == INF_EINVAL)
+        return err_set(e, rc, "inputs[0].data[%zu]: integer %.*s is out of range", d->n,
+                       n.len > 32 ? 32 : (int)n.len, p);
+    if (rc != INF_OK)
+        return rc == INF_ENOMEM ? err_set(e, rc, "out of memory") : rc;
     if (!(fabs(v) < FLT_OVERFLOW_EDGE))
         return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: %.*s is not a finite FP32 value", d->n,
                        n.len > 32 ? 32 : (int)n.len, p);
@@ -504,24 +496,16 @@ static bool skip_value(struct scan *s, int depth)
     skip_ws(s);
     if (s->p == s->end)
         return false;
-    switch (*s->p) {
-        case '"':
-            return scan_string(s, NULL, NULL);
-        case '{':
-        case '[':
-            return skip_container(s, depth + 1);
-        case 't':
-        case 'f':
-        case 'n':
-            return scan_literal(s);
-        default: {
-            const char *q = scan_number(s->p, s->end, &n);
-            if (q == NULL)
-                return false;
-            s->p = q;
-            return true;
-        }
-    }
+    char c = *s->p;
+    if (c == '"')
+        return scan_string(s, NULL, NULL);
+    if (c == '{' || c == '[')
+        return skip_container(s, depth + 1);
+    if (c == 't' || c == 'f' || c == 'n')
+        return scan_literal(s);
+    const char *q = scan_number(s->p, s->end, &n);
+    s->p = q != NULL ? q : s->p;
+    return q != NULL;
 }
 
 /*
@@ -545,13 +529,8 @@ static int member_next(struct scan *s, bool *first, const char *name, bool *matc
     return 1;
 }
 
-/* The extent of the data array in the body. */
-struct where {
-    const char *begin, *end;
-};
-
 /* inputs[0]: the object at s->p. */
-static int parse_input(struct scan *s, struct data *d, struct where *w, struct err *e)
+static int parse_input(struct scan *s, struct data *d, struct err *e)
 {
     bool first = true, is_data, seen = false;
     int k, rc;
@@ -566,16 +545,16 @@ static int parse_input(struct scan *s, struct data *d, struct where *w, struct e
         if (seen || !at(s, '['))
             return INF_ENOTFOUND; /* a duplicate (jansson rejects it) or not an array */
         seen = true;
-        w->begin = s->p;
+        d->begin = s->p;
         if ((rc = parse_data(s, d, e)))
             return rc;
-        w->end = s->p;
+        d->end = s->p;
     }
     return k == 0 && seen ? INF_OK : INF_ENOTFOUND;
 }
 
 /* The value of the top-level "inputs" key, at s->p (whitespace before it not yet skipped). */
-static int parse_inputs(struct scan *s, struct data *d, struct where *w, struct err *e)
+static int parse_inputs(struct scan *s, struct data *d, struct err *e)
 {
     int rc;
     if (!eat(s, '['))
@@ -583,7 +562,7 @@ static int parse_inputs(struct scan *s, struct data *d, struct where *w, struct 
     skip_ws(s);
     if (!at(s, '{'))
         return INF_ENOTFOUND;
-    if ((rc = parse_input(s, d, w, e)))
+    if ((rc = parse_input(s, d, e)))
         return rc;
     while (eat(s, ','))
         if (!skip_value(s, 2))
@@ -591,7 +570,7 @@ static int parse_inputs(struct scan *s, struct data *d, struct where *w, struct 
     return eat(s, ']') ? INF_OK : INF_ENOTFOUND;
 }
 
-static int parse_document(struct scan *s, struct data *d, struct where *w, struct err *e)
+static int parse_document(struct scan *s, struct data *d, struct err *e)
 {
     bool first = true, is_inputs, seen = false;
     int k, rc;
@@ -606,7 +585,7 @@ static int parse_document(struct scan *s, struct data *d, struct where *w, struc
         if (seen)
             return INF_ENOTFOUND; /* a duplicate: jansson rejects it */
         seen = true;
-        if ((rc = parse_inputs(s, d, w, e)))
+        if ((rc = parse_inputs(s, d, e)))
             return rc;
     }
     if (k < 0 || !seen)
@@ -620,18 +599,17 @@ int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, flo
                           struct err *e)
 {
     struct data d = {.max = max_elements};
-    struct where w = {NULL, NULL};
     size_t head, tail, rlen;
     char *r;
     if (body == NULL)
         return INF_ENOTFOUND;
     struct scan s = {body, body + len};
-    int rc = parse_document(&s, &d, &w, e);
+    int rc = parse_document(&s, &d, e);
     if (rc != INF_OK)
         goto out;
     /* The array is at least "[0]", so rest is shorter than body: no overflow. */
-    head = (size_t)(w.begin - body);
-    tail = (size_t)(body + len - w.end);
+    head = (size_t)(d.begin - body);
+    tail = (size_t)(body + len - d.end);
     rlen = head + 2 + tail;
     r = malloc(rlen + 1);
     if (r == NULL) {
@@ -640,7 +618,7 @@ int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, flo
     }
     memcpy(r, body, head);
     memcpy(r + head, "[]", 2);
-    memcpy(r + head + 2, w.end, tail);
+    memcpy(r + head + 2, d.end, tail);
     r[rlen] = '\0';
     *vals = d.vals;
     d.vals = NULL;

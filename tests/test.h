@@ -60,6 +60,14 @@ static int test_checks;
         fprintf(stderr, "%s %s\n", test_failures == before_ ? "ok  " : "FAIL", #fn);       \
     } while (0)
 
+/* True under slow runners (the valgrind setup sets INFERA_TEST_QUICK=1): randomized tests
+ * then run fewer iterations. */
+static inline int test_quick(void)
+{
+    const char *q = getenv("INFERA_TEST_QUICK");
+    return q != NULL && q[0] == '1';
+}
+
 static inline int test_finish(void)
 {
     fprintf(stderr, "%d checks, %d failed\n", test_checks, test_failures);

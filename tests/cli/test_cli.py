@@ -83,7 +83,7 @@ def test_predict_rejects_bad_requests():
     check_error(MLP, "{not json", "invalid JSON")
     check_error(MLP, "[]", "JSON object")
     check_error(MLP, '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], '
-                     '"data": [NaN]}]}', "invalid JSON")
+                     '"data": [NaN]}]}', "NaN")
     bad = json.loads(json.dumps(good))
     bad["inputs"][0]["shape"] = [1, 63]
     check_error(MLP, json.dumps(bad), "inputs[0].shape")
