@@ -115,8 +115,7 @@ static void log_default_sink(enum log_level level, const char *msg, void *user)
     gmtime_r(&ts.tv_sec, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
     /* One fprintf per line keeps lines from different threads whole (stdio locks the FILE). */
-    fprintf(stderr, "%s.%03ldZ %s %s\n", when, ts.tv_nsec / 1000000L, log_level_name(level),
-            msg);
+    fprintf(stderr, "%s.%03ldZ %s %s\n", when, ts.tv_nsec / 1000000L, log_level_name(level), msg);
 }
 
 void log_set_sink(log_sink_fn sink, void *user, enum log_level min_level)

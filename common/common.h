@@ -26,12 +26,12 @@
 
 enum inf_status {
     INF_OK = 0,
-    INF_EINVAL = -1,     /* input is malformed or inconsistent (the caller's fault) */
-    INF_ENOMEM = -2,     /* an allocation failed */
-    INF_EIO = -3,        /* a read, write, fsync or rename failed */
-    INF_ENOTFOUND = -4,  /* a file or named object does not exist */
-    INF_ELIMIT = -5,     /* input is well-formed but exceeds a configured limit */
-    INF_ECANCELLED = -6, /* a callback asked to stop */
+    INF_EINVAL = -1,       /* input is malformed or inconsistent (the caller's fault) */
+    INF_ENOMEM = -2,       /* an allocation failed */
+    INF_EIO = -3,          /* a read, write, fsync or rename failed */
+    INF_ENOTFOUND = -4,    /* a file or named object does not exist */
+    INF_ELIMIT = -5,       /* input is well-formed but exceeds a configured limit */
+    INF_ECANCELLED = -6,   /* a callback asked to stop */
     INF_EUNSUPPORTED = -7, /* valid in PyTorch, not (yet) supported by infera */
 };
 
@@ -45,8 +45,8 @@ const char *inf_status_str(int status);
 #define ERR_MSG_MAX 512
 
 struct err {
-    int status;             /* 0 until set, then the status passed to err_set() */
-    char msg[ERR_MSG_MAX];  /* NUL-terminated message for the user */
+    int status;            /* 0 until set, then the status passed to err_set() */
+    char msg[ERR_MSG_MAX]; /* NUL-terminated message for the user */
 };
 
 /* Clears e (NULL allowed). */
@@ -56,8 +56,7 @@ void err_clear(struct err *e);
  * Records status and a printf-style message in e unless e is NULL or already set.
  * Returns status, so callers can write `return err_set(e, INF_EINVAL, "...")`.
  */
-int err_set(struct err *e, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int err_set(struct err *e, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /*
  * Prefixes the message already in e with "prefix: " (printf-style), e.g. to add the file name

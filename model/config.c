@@ -55,15 +55,15 @@ static int get_int(const json_t *obj, const char *path, const char *key, bool re
         return err_set(e, INF_EINVAL, "%s.%s: expected an integer", path, key);
     }
     if (x < lo || x > hi)
-        return err_set(e, INF_EINVAL, "%s.%s: %lld is out of range [%lld, %lld]", path, key, x,
-                       lo, hi);
+        return err_set(e, INF_EINVAL, "%s.%s: %lld is out of range [%lld, %lld]", path, key, x, lo,
+                       hi);
     *out = x;
     return INF_OK;
 }
 
 /* Finite number field in [lo, hi]. */
-static int get_num(const json_t *obj, const char *path, const char *key, bool required,
-                   double def, double lo, double hi, double *out, struct err *e)
+static int get_num(const json_t *obj, const char *path, const char *key, bool required, double def,
+                   double lo, double hi, double *out, struct err *e)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL || json_is_null(v)) {
@@ -76,8 +76,7 @@ static int get_num(const json_t *obj, const char *path, const char *key, bool re
         return err_set(e, INF_EINVAL, "%s.%s: expected a number", path, key);
     double x = json_number_value(v);
     if (!isfinite(x) || x < lo || x > hi)
-        return err_set(e, INF_EINVAL, "%s.%s: %g is out of range [%g, %g]", path, key, x, lo,
-                       hi);
+        return err_set(e, INF_EINVAL, "%s.%s: %g is out of range [%g, %g]", path, key, x, lo, hi);
     *out = x;
     return INF_OK;
 }
@@ -114,8 +113,8 @@ static int get_str(const json_t *obj, const char *path, const char *key, bool re
 }
 
 /* An int or a [a, b] pair (PyTorch's _pair) with each value in [lo, hi]. */
-static int get_pair(const json_t *obj, const char *path, const char *key, bool required,
-                    int def, int lo, int hi, int *a, int *b, struct err *e)
+static int get_pair(const json_t *obj, const char *path, const char *key, bool required, int def,
+                    int lo, int hi, int *a, int *b, struct err *e)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL || json_is_null(v)) {
@@ -137,8 +136,8 @@ static int get_pair(const json_t *obj, const char *path, const char *key, bool r
     }
     for (int i = 0; i < 2; i++)
         if (x[i] < lo || x[i] > hi)
-            return err_set(e, INF_EINVAL, "%s.%s: %lld is out of range [%d, %d]", path, key,
-                           x[i], lo, hi);
+            return err_set(e, INF_EINVAL, "%s.%s: %lld is out of range [%d, %d]", path, key, x[i],
+                           lo, hi);
     *a = (int)x[0];
     *b = (int)x[1];
     return INF_OK;
@@ -152,9 +151,9 @@ static const struct {
     const char *name;
     enum layer_type type;
 } layer_names[] = {
-    {"Linear", LAYER_LINEAR},   {"ReLU", LAYER_RELU},         {"LeakyReLU", LAYER_LEAKY_RELU},
-    {"Sigmoid", LAYER_SIGMOID}, {"Tanh", LAYER_TANH},         {"GELU", LAYER_GELU},
-    {"Dropout", LAYER_DROPOUT}, {"Flatten", LAYER_FLATTEN},   {"Conv2d", LAYER_CONV2D},
+    {"Linear", LAYER_LINEAR},       {"ReLU", LAYER_RELU},       {"LeakyReLU", LAYER_LEAKY_RELU},
+    {"Sigmoid", LAYER_SIGMOID},     {"Tanh", LAYER_TANH},       {"GELU", LAYER_GELU},
+    {"Dropout", LAYER_DROPOUT},     {"Flatten", LAYER_FLATTEN}, {"Conv2d", LAYER_CONV2D},
     {"MaxPool2d", LAYER_MAXPOOL2D},
 };
 
@@ -202,9 +201,9 @@ int config_parse_training(const json_t *obj, enum model_task task, struct model_
                           struct err *e)
 {
     static const char *const keys[] = {
-        "loss",     "optimizer", "learning_rate", "batch_size",   "epochs",
-        "shuffle",  "seed",      "momentum",      "dampening",    "nesterov",
-        "weight_decay", "betas", "eps",           "validation_split", NULL};
+        "loss",         "optimizer", "learning_rate", "batch_size",       "epochs",
+        "shuffle",      "seed",      "momentum",      "dampening",        "nesterov",
+        "weight_decay", "betas",     "eps",           "validation_split", NULL};
     const char *path = "training";
     memset(t, 0, sizeof *t);
     t->loss = task == MODEL_TASK_CLASSIFICATION ? MODEL_LOSS_CROSS_ENTROPY : MODEL_LOSS_MSE;
@@ -276,14 +275,12 @@ int config_parse_training(const json_t *obj, enum model_task task, struct model_
         return err_set(e, INF_EINVAL,
                        "training.nesterov: needs a momentum above 0 and zero dampening");
     double wd_default = t->optimizer == MODEL_OPTIM_ADAMW ? 0.01 : 0.0;
-    if ((rc = get_num(obj, path, "weight_decay", false, wd_default, 0, 1e6, &t->weight_decay,
-                      e)))
+    if ((rc = get_num(obj, path, "weight_decay", false, wd_default, 0, 1e6, &t->weight_decay, e)))
         return rc;
     json_t *betas = json_object_get(obj, "betas");
     if (betas != NULL && !json_is_null(betas)) {
         if (!json_is_array(betas) || json_array_size(betas) != 2 ||
-            !json_is_number(json_array_get(betas, 0)) ||
-            !json_is_number(json_array_get(betas, 1)))
+            !json_is_number(json_array_get(betas, 0)) || !json_is_number(json_array_get(betas, 1)))
             return err_set(e, INF_EINVAL, "training.betas: expected two numbers");
         t->beta1 = json_number_value(json_array_get(betas, 0));
         t->beta2 = json_number_value(json_array_get(betas, 1));
@@ -294,8 +291,7 @@ int config_parse_training(const json_t *obj, enum model_task task, struct model_
         return rc;
     if (t->eps <= 0 && t->optimizer != MODEL_OPTIM_SGD)
         return err_set(e, INF_EINVAL, "training.eps: must be greater than 0");
-    if ((rc = get_num(obj, path, "validation_split", false, 0, 0, 0.9, &t->validation_split,
-                      e)))
+    if ((rc = get_num(obj, path, "validation_split", false, 0, 0, 0.9, &t->validation_split, e)))
         return rc;
     return INF_OK;
 }
@@ -310,19 +306,18 @@ json_t *config_training_to_json(const struct model_training *t)
                      "loss", t->loss == MODEL_LOSS_MSE ? "mse" : "cross_entropy", "optimizer",
                      model_optimizer_name(t->optimizer), "learning_rate", t->learning_rate,
                      "batch_size", (json_int_t)t->batch_size, "epochs", t->epochs, "shuffle",
-                     t->shuffle, "seed", (json_int_t)t->seed, "momentum", t->momentum,
-                     "dampening", t->dampening, "nesterov", t->nesterov, "weight_decay",
-                     t->weight_decay, "betas", betas, "eps", t->eps, "validation_split",
-                     t->validation_split);
+                     t->shuffle, "seed", (json_int_t)t->seed, "momentum", t->momentum, "dampening",
+                     t->dampening, "nesterov", t->nesterov, "weight_decay", t->weight_decay,
+                     "betas", betas, "eps", t->eps, "validation_split", t->validation_split);
 }
 
 /* ------------------------------------------------------------------------------------------
  * input
  * ---------------------------------------------------------------------------------------- */
 
-static const char *const tensor_datatypes[] = {"FP32",  "FP64",   "FP16",   "BF16",
-                                               "UINT8", "UINT16", "UINT32", "UINT64",
-                                               "INT8",  "INT16",  "INT32",  "INT64", NULL};
+static const char *const tensor_datatypes[] = {"FP32",   "FP64",   "FP16",   "BF16", "UINT8",
+                                               "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                                               "INT32",  "INT64",  NULL};
 
 /* A number or an array of numbers of length 1, n1 or n2 (per channel / per feature),
  * expanded to R values with channel stride `plane`. */
@@ -408,8 +403,8 @@ out:
 
 static int parse_input(struct model *m, const json_t *in, struct err *e)
 {
-    static const char *const keys[] = {"name", "datatype", "shape", "preprocess", "featurizer",
-                                       NULL};
+    static const char *const keys[] = {"name",       "datatype",   "shape",
+                                       "preprocess", "featurizer", NULL};
     struct model_info *info = &m->info;
     int rc;
     if (!json_is_object(in))
@@ -447,8 +442,9 @@ static int parse_input(struct model *m, const json_t *in, struct err *e)
         if (pre != NULL)
             return err_set(e, INF_EINVAL, "input.preprocess: not allowed on a BYTES input");
         if (feat == NULL || !json_is_object(feat))
-            return err_set(e, INF_EINVAL, "input.featurizer: a BYTES input needs a featurizer "
-                                          "object ({\"type\": \"hashing\", \"dims\": N})");
+            return err_set(e, INF_EINVAL,
+                           "input.featurizer: a BYTES input needs a featurizer "
+                           "object ({\"type\": \"hashing\", \"dims\": N})");
         if ((rc = check_keys(feat, "input.featurizer", fkeys, e)))
             return rc;
         const char *type = NULL;
@@ -458,8 +454,8 @@ static int parse_input(struct model *m, const json_t *in, struct err *e)
             return err_set(e, INF_EINVAL, "input.featurizer.type: \"%.64s\" is not \"hashing\"",
                            type);
         long long dims, ngrams;
-        if ((rc = get_int(feat, "input.featurizer", "dims", true, 0, 1, MODEL_MAX_HASH_DIMS,
-                          &dims, e)))
+        if ((rc = get_int(feat, "input.featurizer", "dims", true, 0, 1, MODEL_MAX_HASH_DIMS, &dims,
+                          e)))
             return rc;
         if ((rc = get_int(feat, "input.featurizer", "ngrams", false, 1, 1, 3, &ngrams, e)))
             return rc;
@@ -474,8 +470,7 @@ static int parse_input(struct model *m, const json_t *in, struct err *e)
         if (strcmp(dt, tensor_datatypes[i]) == 0)
             known = true;
     if (!known)
-        return err_set(e, INF_EINVAL, "input.datatype: \"%.32s\" is not a supported datatype",
-                       dt);
+        return err_set(e, INF_EINVAL, "input.datatype: \"%.32s\" is not a supported datatype", dt);
     snprintf(info->input_datatype, sizeof info->input_datatype, "%s", dt);
     info->input_kind = MODEL_INPUT_TENSOR;
     if (feat != NULL)
@@ -547,8 +542,7 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
     long long v;
     switch (l->type) {
         case LAYER_LINEAR: {
-            static const char *const keys[] = {"type", "in_features", "out_features", "bias",
-                                               NULL};
+            static const char *const keys[] = {"type", "in_features", "out_features", "bias", NULL};
             bool bias = true;
             if ((rc = check_keys(o, path, keys, e)))
                 return rc;
@@ -579,9 +573,9 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
             break;
         }
         case LAYER_CONV2D: {
-            static const char *const keys[] = {"type",   "in_channels", "out_channels",
-                                               "kernel_size", "stride", "padding", "bias",
-                                               "dilation", "groups", "padding_mode", NULL};
+            static const char *const keys[] = {
+                "type", "in_channels", "out_channels", "kernel_size",  "stride", "padding",
+                "bias", "dilation",    "groups",       "padding_mode", NULL};
             bool bias = true;
             int d0, d1;
             if ((rc = check_keys(o, path, keys, e)))
@@ -636,8 +630,8 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
             break;
         }
         case LAYER_MAXPOOL2D: {
-            static const char *const keys[] = {"type",     "kernel_size", "stride",
-                                               "padding",  "dilation",    "ceil_mode",
+            static const char *const keys[] = {"type",           "kernel_size", "stride",
+                                               "padding",        "dilation",    "ceil_mode",
                                                "return_indices", NULL};
             bool flag;
             int d0, d1;
@@ -665,11 +659,10 @@ static int parse_layer(struct layer *l, const json_t *o, size_t i, struct act_sh
                 return err_set(e, INF_EINVAL,
                                "%s: MaxPool2d needs a [channels, height, width] input", path);
             if (2 * l->ph > l->kh || 2 * l->pw > l->kw)
-                return err_set(e, INF_EINVAL,
-                               "%s.padding: must be at most half of kernel_size", path);
-            if ((long long)in.h + 2LL * l->ph < l->kh || (long long)in.w + 2LL * l->pw < l->kw)
-                return err_set(e, INF_EINVAL, "%s.kernel_size: larger than the padded input",
+                return err_set(e, INF_EINVAL, "%s.padding: must be at most half of kernel_size",
                                path);
+            if ((long long)in.h + 2LL * l->ph < l->kh || (long long)in.w + 2LL * l->pw < l->kw)
+                return err_set(e, INF_EINVAL, "%s.kernel_size: larger than the padded input", path);
             l->in_channels = l->out_channels = in.c;
             l->out = (struct act_shape){3, in.c, (in.h + 2 * l->ph - l->kh) / l->sh + 1,
                                         (in.w + 2 * l->pw - l->kw) / l->sw + 1};
@@ -751,8 +744,7 @@ static int parse_layers(struct model *m, const json_t *arr, struct err *e)
         return err_set(e, INF_EINVAL, "layers: expected a non-empty array");
     size_t n = json_array_size(arr);
     if (n > MODEL_MAX_LAYERS)
-        return err_set(e, INF_ELIMIT, "layers: %zu layers, the limit is %d", n,
-                       MODEL_MAX_LAYERS);
+        return err_set(e, INF_ELIMIT, "layers: %zu layers, the limit is %d", n, MODEL_MAX_LAYERS);
     m->layers = calloc(n, sizeof *m->layers);
     if (m->layers == NULL)
         return err_set(e, INF_ENOMEM, "layers: out of memory");
@@ -851,15 +843,15 @@ static int parse_labels(struct model *m, const json_t *labels, struct err *e)
         const char *s = num;
         if (labels != NULL) {
             json_t *v = json_array_get(labels, i);
-            if (!json_is_string(v) || json_string_length(v) == 0 ||
-                json_string_length(v) > 256 || strlen(json_string_value(v)) != json_string_length(v))
+            if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 256 ||
+                strlen(json_string_value(v)) != json_string_length(v))
                 return err_set(e, INF_EINVAL, "labels[%zu]: expected a string of 1 to 256 bytes",
                                i);
             s = json_string_value(v);
             for (size_t j = 0; j < i; j++)
                 if (strcmp(info->labels[j], s) == 0)
-                    return err_set(e, INF_EINVAL, "labels[%zu]: \"%.64s\" repeats labels[%zu]",
-                                   i, s, j);
+                    return err_set(e, INF_EINVAL, "labels[%zu]: \"%.64s\" repeats labels[%zu]", i,
+                                   s, j);
         } else {
             snprintf(num, sizeof num, "%zu", i);
         }
@@ -890,9 +882,9 @@ static int parse_serving(struct model *m, const json_t *sv, struct err *e)
 
 int config_parse(struct model *m, json_t *doc, struct err *e)
 {
-    static const char *const keys[] = {"format", "task", "input",    "labels", "layers",
-                                       "training", "serving", "name", "description",
-                                       "version", "metadata", NULL};
+    static const char *const keys[] = {"format",      "task",     "input",    "labels",
+                                       "layers",      "training", "serving",  "name",
+                                       "description", "version",  "metadata", NULL};
     if (!json_is_object(doc))
         return err_set(e, INF_EINVAL, "model.json: expected a JSON object");
     int rc = check_keys(doc, "model.json", keys, e);
@@ -909,12 +901,12 @@ int config_parse(struct model *m, json_t *doc, struct err *e)
     else if (strcmp(task, "regression") == 0)
         m->info.task = MODEL_TASK_REGRESSION;
     else
-        return err_set(e, INF_EINVAL, "task: \"%.64s\" is not classification or regression",
-                       task);
+        return err_set(e, INF_EINVAL, "task: \"%.64s\" is not classification or regression", task);
     json_t *input = json_object_get(doc, "input");
     if (input == NULL)
         return err_set(e, INF_EINVAL, "input: missing");
-    if ((rc = parse_input(m, input, e)) || (rc = parse_layers(m, json_object_get(doc, "layers"), e)))
+    if ((rc = parse_input(m, input, e)) ||
+        (rc = parse_layers(m, json_object_get(doc, "layers"), e)))
         return rc;
     if ((rc = parse_labels(m, json_object_get(doc, "labels"), e)) ||
         (rc = config_parse_training(json_object_get(doc, "training"), m->info.task,

@@ -134,8 +134,7 @@ done:
 }
 
 int model_attribute(const struct model *m, struct model_workspace *ws, const float *raw,
-                    const struct model_attr_opts *o, float *attr, int *target_out,
-                    struct err *e)
+                    const struct model_attr_opts *o, float *attr, int *target_out, struct err *e)
 {
     const struct model_info *info = &m->info;
     if (info->input_kind != MODEL_INPUT_TENSOR)

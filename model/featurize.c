@@ -10,8 +10,7 @@ int model_featurize_tensor(const struct model *m, const float *raw, size_t n, fl
                            struct err *e)
 {
     if (m->info.input_kind != MODEL_INPUT_TENSOR)
-        return err_set(e, INF_EINVAL, "model \"%s\" takes text, not a tensor",
-                       m->info.input_name);
+        return err_set(e, INF_EINVAL, "model \"%s\" takes text, not a tensor", m->info.input_name);
     size_t R = m->info.raw_size;
     if (!m->has_preprocess) {
         if (out != raw)

@@ -46,8 +46,7 @@ static void *alloc_batch(size_t max_batch, size_t per, size_t elem, bool *ok)
     return p;
 }
 
-struct model_workspace *model_workspace_new(const struct model *m, size_t max_batch,
-                                            struct err *e)
+struct model_workspace *model_workspace_new(const struct model *m, size_t max_batch, struct err *e)
 {
     if (max_batch == 0 || max_batch > 1u << 20) {
         err_set(e, INF_EINVAL, "workspace: batch size %zu out of range", max_batch);
@@ -144,8 +143,8 @@ const float *forward_pass(const struct model *m, struct model_workspace *ws, con
     return ws->act[m->n_layers];
 }
 
-void backward_pass(const struct model *m, struct model_workspace *ws, const float *dout,
-                   size_t B, float *grads, float *dx)
+void backward_pass(const struct model *m, struct model_workspace *ws, const float *dout, size_t B,
+                   float *grads, float *dx)
 {
     size_t L = m->n_layers;
     /* Without dx, nothing below the first layer with parameters needs a gradient. */

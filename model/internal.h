@@ -15,7 +15,7 @@
  * one binary runs everywhere and uses 8-wide vectors where it can. The C standard mode keeps
  * floating-point contraction off, so both clones compute bit-identical results.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
     !defined(__SANITIZE_ADDRESS__)
 #define MODEL_HOT __attribute__((target_clones("avx2", "default")))
 #else
@@ -159,9 +159,9 @@ struct st_out {
 };
 
 /*
- * Serializes n tensors (data written in the order given; header keys sorted by name) and optional string metadata (a JSON object of strings, borrowed,
- * may be NULL) into a new buffer the caller frees. The header is padded with spaces to a
- * multiple of 8 bytes.
+ * Serializes n tensors (data written in the order given; header keys sorted by name) and optional
+ * string metadata (a JSON object of strings, borrowed, may be NULL) into a new buffer the caller
+ * frees. The header is padded with spaces to a multiple of 8 bytes.
  */
 int st_serialize(const struct st_out *ts, size_t n, const json_t *metadata, char **data,
                  size_t *len, struct err *e);
@@ -201,21 +201,21 @@ uint64_t rng_derive(uint64_t seed, uint64_t stream);
 struct model_workspace {
     const struct model *model;
     size_t max_batch;
-    float **act;       /* n_layers + 1 pointers; act[0] is the input (borrowed during a pass) */
-    float *act_mem;    /* owned storage behind act[1..] */
-    float *grad_a;     /* two ping-pong buffers for activation gradients (max_act * max_batch) */
+    float **act;    /* n_layers + 1 pointers; act[0] is the input (borrowed during a pass) */
+    float *act_mem; /* owned storage behind act[1..] */
+    float *grad_a;  /* two ping-pong buffers for activation gradients (max_act * max_batch) */
     float *grad_b;
-    float *col;        /* im2col scratch (per sample) */
+    float *col; /* im2col scratch (per sample) */
     float *dcol;
     int32_t *pool_idx; /* argmax indices per MaxPool2d layer output, one block for all */
     size_t *pool_off;  /* n_layers offsets into pool_idx */
     float *drop_mask;  /* dropout masks (training), one block */
     size_t *drop_off;
-    size_t max_act;    /* largest per-sample activation, including the input */
-    float *logits;     /* (max_batch, O) scratch for predict/attribute */
-    float *feat;       /* (max_batch, F) scratch for attributions */
-    float *in_copy;    /* (max_batch, F) private input copy when layer 0 works in place */
-    bool training;     /* whether the last forward_pass drew dropout masks */
+    size_t max_act; /* largest per-sample activation, including the input */
+    float *logits;  /* (max_batch, O) scratch for predict/attribute */
+    float *feat;    /* (max_batch, F) scratch for attributions */
+    float *in_copy; /* (max_batch, F) private input copy when layer 0 works in place */
+    bool training;  /* whether the last forward_pass drew dropout masks */
 };
 
 /*
@@ -230,16 +230,15 @@ const float *forward_pass(const struct model *m, struct model_workspace *ws, con
  * grads (n_params, same layout as params) receives dL/dparams (overwritten, not accumulated)
  * unless NULL; dx (B, F) receives dL/dx unless NULL. dout is not modified.
  */
-void backward_pass(const struct model *m, struct model_workspace *ws, const float *dout,
-                   size_t B, float *grads, float *dx);
+void backward_pass(const struct model *m, struct model_workspace *ws, const float *dout, size_t B,
+                   float *grads, float *dx);
 
 /* Layer kernels (layers.c). in (B, in_size) -> out (B, out_size). */
 void layer_forward(const struct layer *l, const float *params, const float *in, float *out,
-                   size_t B, struct model_workspace *ws, size_t li, bool training,
-                   struct rng *rng);
+                   size_t B, struct model_workspace *ws, size_t li, bool training, struct rng *rng);
 /* dout (B, out_size) -> din (B, in_size) unless din is NULL; grads as backward_pass. */
-void layer_backward(const struct layer *l, const float *params, const float *in,
-                    const float *out, const float *dout, float *din, float *grads, size_t B,
+void layer_backward(const struct layer *l, const float *params, const float *in, const float *out,
+                    const float *dout, float *din, float *grads, size_t B,
                     struct model_workspace *ws, size_t li);
 
 /* ------------------------------------------------------------------------------------------

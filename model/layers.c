@@ -43,8 +43,8 @@ static void linear_forward(const struct layer *l, const float *params, const flo
                            size_t B)
 {
     const int NI = l->in_features, NO = l->out_features;
-    const float *W = params + l->w_off;                     /* (O, I) */
-    const float *b = l->b_n ? params + l->b_off : NULL;     /* (O) */
+    const float *W = params + l->w_off;                 /* (O, I) */
+    const float *b = l->b_n ? params + l->b_off : NULL; /* (O) */
     if (B == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
     } else {
@@ -157,8 +157,8 @@ static void conv2d_forward(const struct layer *l, const float *params, const flo
             im2col(l, xn, ws->col);
             col = ws->col;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, P, K, 1.0f, W, K, col, P,
-                    0.0f, yn, P);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, P, K, 1.0f, W, K, col, P, 0.0f,
+                    yn, P);
         for (int oc = 0; oc < OC; oc++) {
             float *row = yn + (size_t)oc * P;
             float bias = b ? b[oc] : 0.0f;
@@ -210,11 +210,11 @@ static void conv2d_backward(const struct layer *l, const float *params, const fl
         if (dx != NULL) {
             float *dxn = dx + n * l->in_size;
             if (conv_is_pointwise(l)) { /* dx_n (K, P) = W^T (K, OC) dy_n (OC, P) */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn,
-                            P, 0.0f, dxn, P);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn, P,
+                            0.0f, dxn, P);
             } else {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn,
-                            P, 0.0f, ws->dcol, P);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, OC, 1.0f, W, K, dyn, P,
+                            0.0f, ws->dcol, P);
                 memset(dxn, 0, l->in_size * sizeof *dxn);
                 col2im_add(l, ws->dcol, dxn);
             }
@@ -226,8 +226,7 @@ static void conv2d_backward(const struct layer *l, const float *params, const fl
  * MaxPool2d: padding counts as -inf, as in PyTorch; NaN propagates.
  * ---------------------------------------------------------------------------------------- */
 
-static void maxpool_forward(const struct layer *l, const float *x, float *y, size_t B,
-                            int32_t *idx)
+static void maxpool_forward(const struct layer *l, const float *x, float *y, size_t B, int32_t *idx)
 {
     const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
     for (size_t n = 0; n < B; n++)
@@ -294,7 +293,12 @@ static inline float fast_expf(float x)
     float r = x - fl * 0.693359375f + fl * 2.12194440e-4f;
     float z = r * r;
     float y = ((((((1.9875691500E-4f * r + 1.3981999507E-3f) * r + 8.3334519073E-3f) * r +
-                  4.1665795894E-2f) * r + 1.6666665459E-1f) * r + 5.0000001201E-1f) * z) +
+                  4.1665795894E-2f) *
+                     r +
+                 1.6666665459E-1f) *
+                    r +
+                5.0000001201E-1f) *
+               z) +
               r + 1.0f;
     int32_t n = (int32_t)fl;
     uint32_t bits = (uint32_t)(n + 127) << 23;
@@ -308,7 +312,11 @@ static inline float fast_tanhf(float x)
     float ax = fabsf(x);
     float z = x * x;
     float small = ((((-5.70498872745E-3f * z + 2.06390887954E-2f) * z - 5.37397155531E-2f) * z +
-                    1.33314422036E-1f) * z - 3.33332819422E-1f) * z * x + x;
+                    1.33314422036E-1f) *
+                       z -
+                   3.33332819422E-1f) *
+                      z * x +
+                  x;
     float big = 1.0f - 2.0f / (fast_expf(2.0f * ax) + 1.0f);
     big = x < 0 ? -big : big;
     return ax < 0.625f ? small : big;
@@ -353,8 +361,8 @@ MODEL_HOT static void act_forward(const struct layer *l, const float *x, float *
 
 /* dx = dy * f'(x), using whichever of x (input) or y (output) the derivative needs. dx may
  * alias dy. */
-MODEL_HOT static void act_backward(const struct layer *l, const float *x, const float *y, const float *dy,
-                         float *dx, size_t n)
+MODEL_HOT static void act_backward(const struct layer *l, const float *x, const float *y,
+                                   const float *dy, float *dx, size_t n)
 {
     switch (l->type) {
         case LAYER_RELU:
@@ -402,8 +410,7 @@ MODEL_HOT static void act_backward(const struct layer *l, const float *x, const 
  * ---------------------------------------------------------------------------------------- */
 
 void layer_forward(const struct layer *l, const float *params, const float *in, float *out,
-                   size_t B, struct model_workspace *ws, size_t li, bool training,
-                   struct rng *rng)
+                   size_t B, struct model_workspace *ws, size_t li, bool training, struct rng *rng)
 {
     size_t n = B * l->out_size;
     switch (l->type) {
@@ -443,8 +450,8 @@ void layer_forward(const struct layer *l, const float *params, const float *in, 
     }
 }
 
-void layer_backward(const struct layer *l, const float *params, const float *in,
-                    const float *out, const float *dout, float *din, float *grads, size_t B,
+void layer_backward(const struct layer *l, const float *params, const float *in, const float *out,
+                    const float *dout, float *din, float *grads, size_t B,
                     struct model_workspace *ws, size_t li)
 {
     size_t n = B * l->out_size;

@@ -59,8 +59,7 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
      * gigabytes that a weights file of a few bytes cannot fill. */
     if (weights != NULL) {
         if (weights_len > MODEL_MAX_WEIGHTS_BYTES) {
-            err_set(e, INF_ELIMIT, "weights.safetensors: %zu bytes is over the limit",
-                    weights_len);
+            err_set(e, INF_ELIMIT, "weights.safetensors: %zu bytes is over the limit", weights_len);
             goto fail;
         }
         if (st_parse(weights, weights_len, &f, e) != INF_OK) {

@@ -31,9 +31,9 @@
  * ---------------------------------------------------------------------------------------- */
 
 #define MODEL_MAX_LAYERS        256
-#define MODEL_MAX_DIM           (1u << 24)         /* any single dimension */
-#define MODEL_MAX_PARAMS        ((size_t)1 << 30)  /* 4 GiB of F32 parameters */
-#define MODEL_MAX_ACTIVATION    ((size_t)1 << 24)  /* elements per sample per layer */
+#define MODEL_MAX_DIM           (1u << 24)        /* any single dimension */
+#define MODEL_MAX_PARAMS        ((size_t)1 << 30) /* 4 GiB of F32 parameters */
+#define MODEL_MAX_ACTIVATION    ((size_t)1 << 24) /* elements per sample per layer */
 #define MODEL_MAX_LABELS        100000
 #define MODEL_MAX_CONFIG_BYTES  ((size_t)16 << 20)
 #define MODEL_MAX_WEIGHTS_BYTES (((size_t)4 << 30) + ((size_t)100 << 20))
@@ -74,8 +74,8 @@ struct model_serving {
 
 /* The hashing text featurizer (DESIGN §4). */
 struct model_hashing {
-    uint32_t dims;  /* number of buckets = F */
-    int ngrams;     /* 1 = unigrams, 2 = unigrams + bigrams, up to 3 */
+    uint32_t dims; /* number of buckets = F */
+    int ngrams;    /* 1 = unigrams, 2 = unigrams + bigrams, up to 3 */
 };
 
 #define MODEL_MAX_RANK 4
@@ -85,16 +85,16 @@ struct model_info {
     enum model_task task;
     enum model_input_kind input_kind;
     char input_name[64];
-    char input_datatype[16];  /* "FP32", "UINT8", ... or "BYTES" for text */
-    int input_rank;           /* rank of one sample as sent (without the batch dimension) */
+    char input_datatype[16]; /* "FP32", "UINT8", ... or "BYTES" for text */
+    int input_rank;          /* rank of one sample as sent (without the batch dimension) */
     int64_t input_shape[MODEL_MAX_RANK];
-    size_t raw_size;          /* R: elements per sample as sent (1 for text) */
-    size_t in_size;           /* F: features into the first layer */
-    size_t out_size;          /* O */
-    size_t n_labels;          /* == O for classifiers, 0 for regressors */
-    char **labels;            /* n_labels NUL-terminated strings */
+    size_t raw_size; /* R: elements per sample as sent (1 for text) */
+    size_t in_size;  /* F: features into the first layer */
+    size_t out_size; /* O */
+    size_t n_labels; /* == O for classifiers, 0 for regressors */
+    char **labels;   /* n_labels NUL-terminated strings */
     size_t n_layers;
-    size_t n_params;          /* trainable parameters */
+    size_t n_params;              /* trainable parameters */
     struct model_hashing hashing; /* valid when input_kind == MODEL_INPUT_TEXT */
     struct model_training training;
     struct model_serving serving;
@@ -193,8 +193,7 @@ struct model_workspace;
  * to one thread at a time. Caller frees with model_workspace_free(). Returns NULL and fills e
  * if max_batch is 0 or the memory would exceed limits.
  */
-struct model_workspace *model_workspace_new(const struct model *m, size_t max_batch,
-                                            struct err *e);
+struct model_workspace *model_workspace_new(const struct model *m, size_t max_batch, struct err *e);
 void model_workspace_free(struct model_workspace *ws);
 size_t model_workspace_max_batch(const struct model_workspace *ws);
 
@@ -243,13 +242,12 @@ struct model_attr_opts {
  * sum to about f_t(raw) - f_t(baseline).
  */
 int model_attribute(const struct model *m, struct model_workspace *ws, const float *raw,
-                    const struct model_attr_opts *o, float *attr, int *target_out,
-                    struct err *e);
+                    const struct model_attr_opts *o, float *attr, int *target_out, struct err *e);
 
 /* One token of a text explanation. */
 struct model_token_score {
-    char *token;  /* NUL-terminated, lowercased as the featurizer saw it */
-    float score;  /* share of the hashed-feature attributions that this token carries */
+    char *token; /* NUL-terminated, lowercased as the featurizer saw it */
+    float score; /* share of the hashed-feature attributions that this token carries */
 };
 
 /*
@@ -296,18 +294,17 @@ void model_dataset_deinit(struct model_dataset *ds);
  * fraction must be in [0, 1). Both outputs are new data sets the caller deinits.
  */
 int model_dataset_split(const struct model_dataset *src, double fraction, uint64_t seed,
-                        struct model_dataset *train, struct model_dataset *valid,
-                        struct err *e);
+                        struct model_dataset *train, struct model_dataset *valid, struct err *e);
 
 /* Checks that ds fits m: x_dim == F, labels in range or y_dim == O. */
 int model_dataset_check(const struct model *m, const struct model_dataset *ds, struct err *e);
 
 /* What happened in one epoch, passed to the epoch callback. */
 struct model_epoch_stats {
-    int epoch;             /* 1-based number of the epoch just finished */
-    int epochs;            /* total planned */
-    uint64_t step;         /* optimizer steps taken since the start of training */
-    double train_loss;     /* mean loss over the epoch's training samples */
+    int epoch;         /* 1-based number of the epoch just finished */
+    int epochs;        /* total planned */
+    uint64_t step;     /* optimizer steps taken since the start of training */
+    double train_loss; /* mean loss over the epoch's training samples */
     bool has_valid;
     double valid_loss;     /* on the validation set, inference mode */
     double valid_accuracy; /* classifiers only; NAN for regressors */
@@ -353,12 +350,11 @@ int model_trainer_epochs_done(const struct model_trainer *t);
  * model_trainer_checkpoint_load() and model_trainer_run() gives the same weights, bit for bit,
  * as an uninterrupted run. The file is written atomically.
  */
-int model_trainer_checkpoint_save(const struct model_trainer *t, const char *path,
-                                  struct err *e);
+int model_trainer_checkpoint_save(const struct model_trainer *t, const char *path, struct err *e);
 
 /* Serializes the same checkpoint to memory (for callers that encrypt it); caller frees. */
-int model_trainer_checkpoint_serialize(const struct model_trainer *t, char **data,
-                                       size_t *len, struct err *e);
+int model_trainer_checkpoint_serialize(const struct model_trainer *t, char **data, size_t *len,
+                                       struct err *e);
 
 /* Restores a checkpoint made for the same architecture; fails without changing t otherwise. */
 int model_trainer_checkpoint_load(struct model_trainer *t, const char *path, struct err *e);

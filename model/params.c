@@ -97,9 +97,8 @@ int params_from_safetensors(struct model *m, const struct st_file *f, struct err
             bool used = false;
             char canon[48];
             /* Only the canonical spelling counts: "00.weight" or "+0.weight" is an extra. */
-            if (sscanf(nm, "%lu.%15[a-z]%n", &idx, kind, &consumed) == 2 &&
-                nm[consumed] == '\0' && idx < m->n_layers &&
-                snprintf(canon, sizeof canon, "%lu.%s", idx, kind) > 0 &&
+            if (sscanf(nm, "%lu.%15[a-z]%n", &idx, kind, &consumed) == 2 && nm[consumed] == '\0' &&
+                idx < m->n_layers && snprintf(canon, sizeof canon, "%lu.%s", idx, kind) > 0 &&
                 strcmp(canon, nm) == 0) {
                 const struct layer *l = &m->layers[idx];
                 used = (strcmp(kind, "weight") == 0 && l->w_n > 0) ||

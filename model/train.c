@@ -63,8 +63,7 @@ static void dataset_copy_row(struct model_dataset *dst, size_t di, const struct 
 }
 
 int model_dataset_split(const struct model_dataset *src, double fraction, uint64_t seed,
-                        struct model_dataset *train, struct model_dataset *valid,
-                        struct err *e)
+                        struct model_dataset *train, struct model_dataset *valid, struct err *e)
 {
     if (!(fraction >= 0 && fraction < 1))
         return err_set(e, INF_EINVAL, "validation split %g is not in [0, 1)", fraction);
@@ -120,8 +119,8 @@ int model_dataset_check(const struct model *m, const struct model_dataset *ds, s
             return err_set(e, INF_EINVAL, "a classifier trains on labels");
         for (size_t i = 0; i < ds->n; i++)
             if (ds->labels[i] < 0 || (size_t)ds->labels[i] >= info->out_size)
-                return err_set(e, INF_EINVAL, "sample %zu: label index %d is not in [0, %zu)",
-                               i, ds->labels[i], info->out_size);
+                return err_set(e, INF_EINVAL, "sample %zu: label index %d is not in [0, %zu)", i,
+                               ds->labels[i], info->out_size);
     } else {
         if (ds->targets == NULL || ds->y_dim != info->out_size)
             return err_set(e, INF_EINVAL, "a regressor trains on targets of %zu values",
@@ -143,22 +142,22 @@ int model_dataset_check(const struct model *m, const struct model_dataset *ds, s
  * ---------------------------------------------------------------------------------------- */
 
 struct model_trainer {
-    struct model *m;                  /* borrowed, mutated */
+    struct model *m; /* borrowed, mutated */
     struct model_training cfg;
     const struct model_dataset *train; /* borrowed */
     const struct model_dataset *valid; /* borrowed, may be NULL */
-    struct model_workspace *ws;       /* max_batch = batch_size */
-    float *grads;                     /* (n_params) */
-    float *opt1;                      /* (n_params) Adam exp_avg, or SGD momentum_buffer */
-    float *opt2;                      /* (n_params) Adam exp_avg_sq */
-    bool opt1_init;                   /* SGD: momentum buffer exists (after the first step) */
+    struct model_workspace *ws;        /* max_batch = batch_size */
+    float *grads;                      /* (n_params) */
+    float *opt1;                       /* (n_params) Adam exp_avg, or SGD momentum_buffer */
+    float *opt2;                       /* (n_params) Adam exp_avg_sq */
+    bool opt1_init;                    /* SGD: momentum buffer exists (after the first step) */
     uint64_t step;
     int epochs_done;
-    float *xb;                        /* (batch, F) gathered inputs when shuffling */
-    int32_t *yb;                      /* (batch) gathered labels */
-    float *tb;                        /* (batch, O) gathered targets */
-    float *dout;                      /* (batch, O) dL/doutput */
-    size_t *perm;                     /* (N) sample order of the current epoch */
+    float *xb;    /* (batch, F) gathered inputs when shuffling */
+    int32_t *yb;  /* (batch) gathered labels */
+    float *tb;    /* (batch, O) gathered targets */
+    float *dout;  /* (batch, O) dL/doutput */
+    size_t *perm; /* (N) sample order of the current epoch */
 };
 
 void model_trainer_free(struct model_trainer *t)
@@ -507,8 +506,7 @@ out:
     return rc;
 }
 
-int model_trainer_checkpoint_save(const struct model_trainer *t, const char *path,
-                                  struct err *e)
+int model_trainer_checkpoint_save(const struct model_trainer *t, const char *path, struct err *e)
 {
     char *data = NULL;
     size_t len = 0;

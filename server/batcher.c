@@ -12,8 +12,8 @@
 
 /* One waiting request. Lives on its caller's stack; linked into the queue while pending. */
 struct batch_item {
-    const float *x;  /* (B, F) borrowed */
-    float *out;      /* (B, O) borrowed */
+    const float *x; /* (B, F) borrowed */
+    float *out;     /* (B, O) borrowed */
     size_t B;
     pthread_cond_t cond; /* signalled when done, or when this item may lead */
     bool done;
@@ -37,10 +37,10 @@ struct batcher {
     char *name;
     pthread_mutex_t lock; /* guards everything below */
     struct batch_item *head, *tail;
-    size_t queued;       /* items in the queue */
-    size_t queued_rows;  /* their rows */
-    size_t running;      /* items taken by a leader and not yet done */
-    size_t active;       /* leaders running */
+    size_t queued;                     /* items in the queue */
+    size_t queued_rows;                /* their rows */
+    size_t running;                    /* items taken by a leader and not yet done */
+    size_t active;                     /* leaders running */
     struct batch_item *waiting_leader; /* a leader sleeping until the batch fills */
     struct batch_slot *slots;          /* cfg.workers */
 };
@@ -223,8 +223,9 @@ int batcher_run(struct batcher *b, const float *x, size_t B, float *out, struct 
         pthread_cond_destroy(&item.cond);
         if (b->metrics != NULL)
             metrics_reject(b->metrics, "queue_full");
-        return err_set(e, INF_ELIMIT, "the queue of this model is full (%zu requests); retry "
-                                      "later",
+        return err_set(e, INF_ELIMIT,
+                       "the queue of this model is full (%zu requests); retry "
+                       "later",
                        b->cfg.queue_cap);
     }
     if (b->tail != NULL)

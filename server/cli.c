@@ -24,7 +24,7 @@
  * ---------------------------------------------------------------------------------------- */
 
 struct cli_opt {
-    const char *name;  /* without the leading dashes */
+    const char *name; /* without the leading dashes */
     bool takes_value;
     const char *value; /* set when seen: the value, or "" for a flag */
 };
@@ -334,12 +334,22 @@ bad_epochs:
 int cli_train(int argc, char **argv)
 {
     struct cli_opt o[] = {
-        {"model", true, NULL},      {"data", true, NULL},         {"out", true, NULL},
-        {"epochs", true, NULL},     {"batch-size", true, NULL},   {"learning-rate", true, NULL},
-        {"optimizer", true, NULL},  {"seed", true, NULL},         {"shuffle", false, NULL},
-        {"no-shuffle", false, NULL}, {"validation-split", true, NULL},
-        {"checkpoint", true, NULL}, {"resume", true, NULL},       {"quiet", false, NULL},
-        {"momentum", true, NULL},   {"weight-decay", true, NULL},
+        {"model", true, NULL},
+        {"data", true, NULL},
+        {"out", true, NULL},
+        {"epochs", true, NULL},
+        {"batch-size", true, NULL},
+        {"learning-rate", true, NULL},
+        {"optimizer", true, NULL},
+        {"seed", true, NULL},
+        {"shuffle", false, NULL},
+        {"no-shuffle", false, NULL},
+        {"validation-split", true, NULL},
+        {"checkpoint", true, NULL},
+        {"resume", true, NULL},
+        {"quiet", false, NULL},
+        {"momentum", true, NULL},
+        {"weight-decay", true, NULL},
     };
     const size_t n_opts = sizeof o / sizeof o[0];
     int rc = cli_parse(argc, argv, o, n_opts, train_usage);
@@ -383,8 +393,8 @@ int cli_train(int argc, char **argv)
             fprintf(stderr, "resuming after epoch %d\n", model_trainer_epochs_done(tr));
     }
     if (o[13].value == NULL)
-        fprintf(stderr, "training %zu samples (%zu held out), %d epochs, %s, batch %zu\n",
-                train.n, valid.n, t.epochs, model_optimizer_name(t.optimizer), t.batch_size);
+        fprintf(stderr, "training %zu samples (%zu held out), %d epochs, %s, batch %zu\n", train.n,
+                valid.n, t.epochs, model_optimizer_name(t.optimizer), t.batch_size);
     struct train_ctx ctx = {tr, o[11].value, o[13].value != NULL, &e};
     if (model_trainer_run(tr, train_on_epoch, NULL, &ctx, &e) != INF_OK)
         goto fail;

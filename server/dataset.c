@@ -11,8 +11,7 @@
 
 /* Parses one line's object into row i of ds. */
 static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t lineno,
-                      dataset_text_fn text_fn, void *user, struct model_dataset *ds,
-                      struct err *e)
+                      dataset_text_fn text_fn, void *user, struct model_dataset *ds, struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     char what[64];
@@ -57,15 +56,17 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
     const json_t *target = json_object_get(obj, "target");
     if (info->task == MODEL_TASK_CLASSIFICATION) {
         if (target != NULL)
-            return err_set(e, INF_EINVAL, "line %zu: a classifier trains on \"label\", not "
-                                          "\"target\"",
+            return err_set(e, INF_EINVAL,
+                           "line %zu: a classifier trains on \"label\", not "
+                           "\"target\"",
                            lineno);
         int idx = -1;
         if (json_is_string(label)) {
             idx = oip_label_index(m, json_string_value(label));
             if (idx < 0)
-                return err_set(e, INF_EINVAL, "line %zu: label \"%.64s\" is not one of the "
-                                              "model's %zu labels",
+                return err_set(e, INF_EINVAL,
+                               "line %zu: label \"%.64s\" is not one of the "
+                               "model's %zu labels",
                                lineno, json_string_value(label), info->n_labels);
         } else if (json_is_integer(label)) {
             json_int_t v = json_integer_value(label);
@@ -74,8 +75,9 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
                                lineno, (long long)v, info->out_size);
             idx = (int)v;
         } else {
-            return err_set(e, INF_EINVAL, "line %zu: missing \"label\" (a label string or a "
-                                          "class index)",
+            return err_set(e, INF_EINVAL,
+                           "line %zu: missing \"label\" (a label string or a "
+                           "class index)",
                            lineno);
         }
         ds->labels[i] = idx;

@@ -28,10 +28,10 @@ enum MHD_Result handle_ready(struct request *rq)
 
 enum MHD_Result handle_server_meta(struct request *rq)
 {
-    return http_respond_json(
-        rq, MHD_HTTP_OK,
-        json_pack("{s:s, s:s, s:[s,s,s]}", "name", "infera", "version", INFERA_VERSION,
-                  "extensions", "model_repository", "explain", "metrics"));
+    return http_respond_json(rq, MHD_HTTP_OK,
+                             json_pack("{s:s, s:s, s:[s,s,s]}", "name", "infera", "version",
+                                       INFERA_VERSION, "extensions", "model_repository", "explain",
+                                       "metrics"));
 }
 
 enum MHD_Result handle_models_list(struct request *rq)
@@ -78,9 +78,8 @@ static struct model_version *lookup(struct request *rq, enum MHD_Result *res)
     struct err e = {0};
     struct model_version *v = registry_get(rq->srv->registry, rq->params[0], version, &e);
     if (v == NULL)
-        *res = http_respond_error(rq, e.status == INF_ENOTFOUND ? MHD_HTTP_NOT_FOUND
-                                                                : MHD_HTTP_BAD_REQUEST,
-                                  "%s", e.msg);
+        *res = http_respond_error(
+            rq, e.status == INF_ENOTFOUND ? MHD_HTTP_NOT_FOUND : MHD_HTTP_BAD_REQUEST, "%s", e.msg);
     return v;
 }
 
@@ -120,9 +119,9 @@ enum MHD_Result handle_model_meta(struct request *rq)
     json_t *meta = json_pack(
         "{s:s, s:o, s:s, s:[{s:s, s:s, s:o}], s:o, s:{s:s, s:o, s:I, s:I}}", "name", v->name,
         "versions", versions ? versions : json_array(), "platform", "infera", "inputs", "name",
-        info->input_name, "datatype", info->input_datatype, "shape", in_shape, "outputs",
-        outputs, "parameters", "task", model_task_name(info->task), "labels", labels,
-        "parameters_count", (json_int_t)info->n_params, "layers", (json_int_t)info->n_layers);
+        info->input_name, "datatype", info->input_datatype, "shape", in_shape, "outputs", outputs,
+        "parameters", "task", model_task_name(info->task), "labels", labels, "parameters_count",
+        (json_int_t)info->n_params, "layers", (json_int_t)info->n_layers);
     if (meta != NULL && strstr(rq->route->pattern, "{v}") != NULL) {
         char vs[16];
         snprintf(vs, sizeof vs, "%d", v->version);
@@ -159,9 +158,9 @@ static enum MHD_Result refuse_draining(struct request *rq)
  * kept for the body size, answered before parsing. */
 static enum MHD_Result parse_error(struct request *rq, const struct err *e)
 {
-    return http_respond_error(rq, e->status == INF_ELIMIT ? MHD_HTTP_BAD_REQUEST
-                                                          : http_status_of(e->status),
-                              "%s", e->msg);
+    return http_respond_error(
+        rq, e->status == INF_ELIMIT ? MHD_HTTP_BAD_REQUEST : http_status_of(e->status), "%s",
+        e->msg);
 }
 
 enum MHD_Result handle_infer(struct request *rq)
@@ -178,8 +177,8 @@ enum MHD_Result handle_infer(struct request *rq)
     char vs[16];
     snprintf(vs, sizeof vs, "%d", v->version);
     size_t json_len = rq->body_len;
-    const char *hl = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
-                                                 "Inference-Header-Content-Length");
+    const char *hl =
+        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
     if (hl != NULL) {
         char *end = NULL;
         unsigned long long n = strtoull(hl, &end, 10);
@@ -193,8 +192,8 @@ enum MHD_Result handle_infer(struct request *rq)
         }
         json_len = (size_t)n;
     }
-    if (oip_request_parse_binary(v->model, rq->body, rq->body_len, json_len,
-                                 &rq->srv->opt.limits, &req, &e) != INF_OK) {
+    if (oip_request_parse_binary(v->model, rq->body, rq->body_len, json_len, &rq->srv->opt.limits,
+                                 &req, &e) != INF_OK) {
         res = parse_error(rq, &e);
         goto out;
     }
@@ -241,8 +240,8 @@ out:
  * ---------------------------------------------------------------------------------------- */
 
 /* Reads parameters.method/target/steps/baseline into o (baseline buffer: R floats). */
-static int explain_options(const struct model *m, const json_t *params,
-                           struct model_attr_opts *o, float *baseline, struct err *e)
+static int explain_options(const struct model *m, const json_t *params, struct model_attr_opts *o,
+                           float *baseline, struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     *o = (struct model_attr_opts){MODEL_ATTR_SALIENCY, -1, 0, NULL};
@@ -252,8 +251,9 @@ static int explain_options(const struct model *m, const json_t *params,
     if (method != NULL) {
         int mm = json_is_string(method) ? model_attr_method_parse(json_string_value(method)) : -1;
         if (mm < 0)
-            return err_set(e, INF_EINVAL, "parameters.method: expected saliency, "
-                                          "gradient_x_input or integrated_gradients");
+            return err_set(e, INF_EINVAL,
+                           "parameters.method: expected saliency, "
+                           "gradient_x_input or integrated_gradients");
         o->method = (enum model_attr_method)mm;
     }
     const json_t *target = json_object_get(params, "target");
@@ -261,12 +261,13 @@ static int explain_options(const struct model *m, const json_t *params,
         if (json_is_integer(target) && json_integer_value(target) >= 0 &&
             (size_t)json_integer_value(target) < info->out_size)
             o->target = (int)json_integer_value(target);
-        else if (json_is_string(target) && (o->target = oip_label_index(m, json_string_value(
-                                                                             target))) >= 0)
+        else if (json_is_string(target) &&
+                 (o->target = oip_label_index(m, json_string_value(target))) >= 0)
             ;
         else
-            return err_set(e, INF_EINVAL, "parameters.target: expected a label or an output "
-                                          "index below %zu",
+            return err_set(e, INF_EINVAL,
+                           "parameters.target: expected a label or an output "
+                           "index below %zu",
                            info->out_size);
     }
     const json_t *steps = json_object_get(params, "steps");
@@ -334,8 +335,8 @@ enum MHD_Result handle_explain(struct request *rq)
         if (info->input_kind == MODEL_INPUT_TEXT) {
             struct model_token_score *ts = NULL;
             size_t nt = 0;
-            if (model_attribute_text(m, ws, req.texts[b], req.text_lens[b], &o, &ts, &nt,
-                                     &target, &e) != INF_OK)
+            if (model_attribute_text(m, ws, req.texts[b], req.text_lens[b], &o, &ts, &nt, &target,
+                                     &e) != INF_OK)
                 break;
             json_t *row = json_array();
             double total = 0;

@@ -128,7 +128,11 @@ static void utf8_sanitize(char *s)
 {
     unsigned char *p = (unsigned char *)s;
     while (*p != '\0') {
-        size_t n = *p < 0x80 ? 1 : (*p >> 5) == 0x6 ? 2 : (*p >> 4) == 0xe ? 3 : (*p >> 3) == 0x1e ? 4 : 0;
+        size_t n = *p < 0x80           ? 1
+                   : (*p >> 5) == 0x6  ? 2
+                   : (*p >> 4) == 0xe  ? 3
+                   : (*p >> 3) == 0x1e ? 4
+                                       : 0;
         bool ok = n > 0 && !(n == 2 && *p < 0xc2) && !(n == 4 && *p > 0xf4);
         for (size_t k = 1; ok && k < n; k++)
             ok = (p[k] & 0xc0) == 0x80;
@@ -200,8 +204,8 @@ static bool content_type_ok(const char *ct)
            (n == 24 && strncasecmp(ct, "application/octet-stream", n) == 0);
 }
 
-static struct request *request_new(struct server *srv, struct MHD_Connection *conn,
-                                   const char *url, const char *method)
+static struct request *request_new(struct server *srv, struct MHD_Connection *conn, const char *url,
+                                   const char *method)
 {
     struct request *rq = calloc(1, sizeof *rq);
     if (rq == NULL)
@@ -214,7 +218,8 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
     if (cid != NULL && request_id_ok(cid))
         snprintf(rq->id, sizeof rq->id, "%s", cid);
     else
-        snprintf(rq->id, sizeof rq->id, "req-%lx", (unsigned long)atomic_fetch_add(&srv->next_id, 1));
+        snprintf(rq->id, sizeof rq->id, "req-%lx",
+                 (unsigned long)atomic_fetch_add(&srv->next_id, 1));
     /* HEAD is GET without a body (MHD drops it). */
     const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
     const struct route *path_match = NULL;
@@ -236,9 +241,8 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     struct server *srv = cls;
@@ -250,21 +254,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = rq;
         const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
         if (rq->route == NULL)
-            return http_respond_error(rq, MHD_HTTP_NOT_FOUND, "no route for %s %s", method,
-                                      url);
+            return http_respond_error(rq, MHD_HTTP_NOT_FOUND, "no route for %s %s", method, url);
         if (strcmp(rq->route->method, m) != 0)
-            return http_respond_error(rq, MHD_HTTP_METHOD_NOT_ALLOWED,
-                                      "%s is not allowed on %s", method, rq->route->pattern);
-        const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_TYPE);
+            return http_respond_error(rq, MHD_HTTP_METHOD_NOT_ALLOWED, "%s is not allowed on %s",
+                                      method, rq->route->pattern);
+        const char *ct =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (rq->route->has_body && !content_type_ok(ct))
             return http_respond_error(rq, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
                                       "Content-Type \"%.64s\" is not supported: send "
                                       "application/json (curl: -H 'Content-Type: "
                                       "application/json')",
                                       ct);
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL) {
             char *end = NULL;
             unsigned long long n = strtoull(cl, &end, 10);
@@ -273,8 +276,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 if (srv->metrics != NULL)
                     metrics_reject(srv->metrics, "body_too_large");
                 return http_respond_error(rq, MHD_HTTP_CONTENT_TOO_LARGE,
-                                          "request body of %llu bytes is over the limit of %zu",
-                                          n, srv->opt.max_body_bytes);
+                                          "request body of %llu bytes is over the limit of %zu", n,
+                                          srv->opt.max_body_bytes);
             }
         }
         return MHD_YES;
@@ -342,14 +345,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    double secs = (double)(now.tv_sec - rq->start.tv_sec) +
-                  (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-9;
+    double secs =
+        (double)(now.tv_sec - rq->start.tv_sec) + (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-9;
     const char *route = rq->route ? rq->route->pattern : "other";
     int status = rq->answered ? rq->status : 0;
     /* The method is the client's word: label only the known ones, so junk cannot fill the
      * metrics' label sets. */
-    static const char *const methods[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "PATCH",
-                                          "OPTIONS"};
+    static const char *const methods[] = {"GET",  "POST",  "PUT",    "DELETE",
+                                          "HEAD", "PATCH", "OPTIONS"};
     const char *method = "other";
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(rq->method, methods[i]) == 0)
@@ -361,9 +364,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_msg(LOG_INFO,
                 "access id=%s method=%s route=%s model=%s status=%d latency_ms=%.3f in=%zu "
                 "out=%zu%s",
-                rq->id, method, route,
-                registry_name_valid(rq->params[0]) ? rq->params[0] : "-", status,
-                secs * 1e3, rq->body_len, rq->bytes_out,
+                rq->id, method, route, registry_name_valid(rq->params[0]) ? rq->params[0] : "-",
+                status, secs * 1e3, rq->body_len, rq->bytes_out,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     free(rq->body);
     free(rq);
@@ -422,8 +424,7 @@ static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s)
  * ---------------------------------------------------------------------------------------- */
 
 /* Parses "host:port" or "[v6]:port" into addr. */
-static int parse_listen(const char *spec, struct sockaddr_storage *addr, bool *v6,
-                        struct err *e)
+static int parse_listen(const char *spec, struct sockaddr_storage *addr, bool *v6, struct err *e)
 {
     char host[256];
     const char *port;
@@ -464,17 +465,15 @@ int http_start(struct server *srv, struct err *e)
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
-        MHD_OPTION_END);
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads,
+        MHD_OPTION_CONNECTION_LIMIT, srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        srv->opt.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
     if (srv->daemon == NULL)
         return err_set(e, INF_EIO, "cannot listen on %s (address in use or not permitted?)",
                        srv->opt.listen);
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon,
-                                                           MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : 0;
     return INF_OK;
 }

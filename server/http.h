@@ -28,14 +28,14 @@ struct metrics;
 
 /* `infera serve` settings: flags, or INFERA_* environment variables (see serve.c). */
 struct server_options {
-    char listen[256];        /* host:port; port 0 picks a free port (logged) */
+    char listen[256]; /* host:port; port 0 picks a free port (logged) */
     char data_dir[4096];
     char models_dir[4096];
     unsigned http_threads;
-    unsigned infer_workers;  /* forwards of one model at once */
+    unsigned infer_workers; /* forwards of one model at once */
     size_t max_batch_size;
     int64_t max_batch_delay_us;
-    size_t queue_size;       /* waiting requests per model */
+    size_t queue_size; /* waiting requests per model */
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout_s;
@@ -52,7 +52,7 @@ struct server {
     struct metrics *metrics;
     struct MHD_Daemon *daemon;
     uint16_t port;
-    atomic_bool ready;    /* started, initial scan done, not draining */
+    atomic_bool ready; /* started, initial scan done, not draining */
     atomic_bool draining;
     atomic_long inflight; /* requests between their first byte and their completion */
     atomic_ulong next_id;
@@ -67,7 +67,7 @@ struct route {
     const char *method;
     const char *pattern; /* "/v2/models/{m}/versions/{v}/infer": {x} captures one segment */
     route_fn handler;
-    bool has_body;       /* reads a JSON body */
+    bool has_body; /* reads a JSON body */
 };
 
 /* One request, from its first callback to completion (MHD's con_cls). */
@@ -77,13 +77,13 @@ struct request {
     const struct route *route;
     const char *method;
     char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1]; /* captured {m}, {v} */
-    char *body;       /* the request body, NUL-terminated */
+    char *body;                                           /* the request body, NUL-terminated */
     size_t body_len, body_cap;
     bool body_too_large;
     size_t discarded; /* bytes dropped after the body went over the limit */
     bool answered;    /* a response was queued */
     struct timespec start;
-    char id[72];      /* X-Request-Id: the client's if well-formed, else generated */
+    char id[72]; /* X-Request-Id: the client's if well-formed, else generated */
     int status;
     size_t bytes_out;
 };

@@ -78,8 +78,8 @@ static int put_number(struct flat_ctx *c, const json_t *v)
     if (!isfinite(d))
         return err_set(c->e, INF_EINVAL, "%s[%zu]: not a finite number", c->what, c->pos);
     if (d < c->dt->lo || d > c->dt->hi || (c->dt->integer && floor(d) != d))
-        return err_set(c->e, INF_EINVAL, "%s[%zu]: %g is not a valid %s value", c->what, c->pos,
-                       d, c->dt->name);
+        return err_set(c->e, INF_EINVAL, "%s[%zu]: %g is not a valid %s value", c->what, c->pos, d,
+                       c->dt->name);
     if (c->pos >= c->n)
         return err_set(c->e, INF_EINVAL, "%s: more than the %zu elements the shape declares",
                        c->what, c->n);
@@ -108,8 +108,8 @@ static int flatten_nested(struct flat_ctx *c, const json_t *v, const int64_t *di
     return INF_OK;
 }
 
-int oip_tensor_from_json(const json_t *data, const char *datatype, const int64_t *dims,
-                         int rank, size_t n, float *out, const char *what, struct err *e)
+int oip_tensor_from_json(const json_t *data, const char *datatype, const int64_t *dims, int rank,
+                         size_t n, float *out, const char *what, struct err *e)
 {
     struct flat_ctx c = {dtype_find(datatype), out, n, 0, what, e};
     if (c.dt == NULL)
@@ -206,12 +206,10 @@ static int binary_to_floats(const unsigned char *p, size_t n, const char *dt, fl
         } else { /* UINT*, BOOL */
             d = (double)u;
             if (strcmp(dt, "BOOL") == 0 && u > 1)
-                return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: BOOL must be 0 or 1",
-                               i);
+                return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: BOOL must be 0 or 1", i);
         }
         if (!isfinite(d) || d > 3.4028234663852886e38 || d < -3.4028234663852886e38)
-            return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: not a finite FP32 value",
-                           i);
+            return err_set(e, INF_EINVAL, "inputs[0] binary data[%zu]: not a finite FP32 value", i);
         out[i] = (float)d;
     }
     return INF_OK;
@@ -237,8 +235,9 @@ static int binary_texts(const unsigned char *p, size_t len, size_t B, const stru
         if (n > len - off)
             return err_set(e, INF_EINVAL, "inputs[0] binary data: element %zu is truncated", i);
         if (n > lim->max_text)
-            return err_set(e, INF_ELIMIT, "inputs[0] binary data[%zu]: %zu bytes, the limit is "
-                                          "%zu",
+            return err_set(e, INF_ELIMIT,
+                           "inputs[0] binary data[%zu]: %zu bytes, the limit is "
+                           "%zu",
                            i, n, lim->max_text);
         req->texts[i] = malloc(n + 1);
         if (req->texts[i] == NULL)
@@ -316,19 +315,21 @@ static int parse_outputs(const struct model *m, const json_t *outs, struct oip_r
         else if (!cls && strcmp(name, "output") == 0)
             bit = OIP_OUT_OUTPUT;
         if (bit == 0)
-            return err_set(e, INF_EINVAL, "outputs[%zu].name: \"%.64s\" is not an output of this "
-                                          "model (%s)",
+            return err_set(e, INF_EINVAL,
+                           "outputs[%zu].name: \"%.64s\" is not an output of this "
+                           "model (%s)",
                            i, name,
                            cls ? (req->top_k > 0 ? "probabilities, label, top_k_labels, "
                                                    "top_k_probabilities"
                                                  : "probabilities, label")
                                : "output");
         req->outputs |= bit;
-        const json_t *bd = json_object_get(json_object_get(json_array_get(outs, i), "parameters"),
-                                           "binary_data");
+        const json_t *bd =
+            json_object_get(json_object_get(json_array_get(outs, i), "parameters"), "binary_data");
         if (bd != NULL && !json_is_boolean(bd))
-            return err_set(e, INF_EINVAL, "outputs[%zu].parameters.binary_data: expected true or "
-                                          "false",
+            return err_set(e, INF_EINVAL,
+                           "outputs[%zu].parameters.binary_data: expected true or "
+                           "false",
                            i);
         if (json_is_true(bd))
             req->binary_outputs |= bit;
@@ -337,8 +338,7 @@ static int parse_outputs(const struct model *m, const json_t *outs, struct oip_r
 }
 
 static int parse_text_input(const struct model *m, const json_t *in, size_t B,
-                            const struct oip_limits *lim, struct oip_request *req,
-                            struct err *e)
+                            const struct oip_limits *lim, struct oip_request *req, struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     const json_t *data = json_object_get(in, "data");
@@ -380,17 +380,17 @@ int oip_request_parse(const struct model *m, const char *body, size_t len,
     return oip_request_parse_binary(m, body, len, len, lim, req, e);
 }
 
-int oip_request_parse_binary(const struct model *m, const char *body, size_t len,
-                             size_t json_len, const struct oip_limits *lim,
-                             struct oip_request *req, struct err *e)
+int oip_request_parse_binary(const struct model *m, const char *body, size_t len, size_t json_len,
+                             const struct oip_limits *lim, struct oip_request *req, struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     json_error_t je;
     int rc = INF_OK;
     memset(req, 0, sizeof *req);
     if (json_len > len)
-        return err_set(e, INF_EINVAL, "Inference-Header-Content-Length %zu is beyond the body "
-                                      "(%zu bytes)",
+        return err_set(e, INF_EINVAL,
+                       "Inference-Header-Content-Length %zu is beyond the body "
+                       "(%zu bytes)",
                        json_len, len);
     const unsigned char *bin = (const unsigned char *)body + json_len;
     size_t bin_len = len - json_len;
@@ -425,8 +425,8 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     if (doc == NULL)
         doc = json_loadb(body, json_len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL)
-        return err_set(e, INF_EINVAL, "invalid JSON at line %d column %d: %s", je.line,
-                       je.column, je.text);
+        return err_set(e, INF_EINVAL, "invalid JSON at line %d column %d: %s", je.line, je.column,
+                       je.text);
     if (!json_is_object(doc)) {
         rc = err_set(e, INF_EINVAL, "the request must be a JSON object");
         goto out;
@@ -486,8 +486,9 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     const char *dt = json_string_value(json_object_get(in, "datatype"));
     const json_t *shape = json_object_get(in, "shape");
     if (!json_is_object(in) || name == NULL || dt == NULL || !json_is_array(shape)) {
-        rc = err_set(e, INF_EINVAL, "inputs[0]: needs \"name\", \"shape\", \"datatype\" and "
-                                    "\"data\"");
+        rc = err_set(e, INF_EINVAL,
+                     "inputs[0]: needs \"name\", \"shape\", \"datatype\" and "
+                     "\"data\"");
         goto out;
     }
     if (strcmp(name, info->input_name) != 0) {
@@ -500,8 +501,7 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     for (size_t i = 0; i < rank && i <= MODEL_MAX_RANK; i++) {
         const json_t *d = json_array_get(shape, i);
         if (!json_is_integer(d) || json_integer_value(d) < 0) {
-            rc = err_set(e, INF_EINVAL, "inputs[0].shape[%zu]: expected a non-negative integer",
-                         i);
+            rc = err_set(e, INF_EINVAL, "inputs[0].shape[%zu]: expected a non-negative integer", i);
             goto out;
         }
         dims[i] = json_integer_value(d);
@@ -515,8 +515,8 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     if (!shape_ok) {
         char got[128];
         format_shape(got, sizeof got, dims, rank <= MODEL_MAX_RANK + 1 ? (int)rank : 0, false);
-        rc = err_set(e, INF_EINVAL, "inputs[0].shape: %s does not match the model's input %s",
-                     got, want);
+        rc = err_set(e, INF_EINVAL, "inputs[0].shape: %s does not match the model's input %s", got,
+                     want);
         goto out;
     }
     size_t B = (size_t)dims[0];
@@ -529,8 +529,9 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     if (bds != NULL) {
         if (!json_is_integer(bds) || json_integer_value(bds) < 0 ||
             (size_t)json_integer_value(bds) != bin_len) {
-            rc = err_set(e, INF_EINVAL, "inputs[0].parameters.binary_data_size: %lld, but %zu "
-                                        "bytes follow the JSON header",
+            rc = err_set(e, INF_EINVAL,
+                         "inputs[0].parameters.binary_data_size: %lld, but %zu "
+                         "bytes follow the JSON header",
                          (long long)json_integer_value(bds), bin_len);
             goto out;
         }
@@ -539,15 +540,16 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
             goto out;
         }
     } else if (bin_len > 0) {
-        rc = err_set(e, INF_EINVAL, "%zu bytes follow the JSON header but no input declares "
-                                    "parameters.binary_data_size",
+        rc = err_set(e, INF_EINVAL,
+                     "%zu bytes follow the JSON header but no input declares "
+                     "parameters.binary_data_size",
                      bin_len);
         goto out;
     }
     if (text && bds != NULL) {
         if (strcmp(dt, "BYTES") != 0) {
-            rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES",
-                         dt);
+            rc =
+                err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES", dt);
             goto out;
         }
         rc = binary_texts(bin, bin_len, B, lim, req, m, e);
@@ -555,16 +557,17 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     }
     if (text) {
         if (strcmp(dt, "BYTES") != 0) {
-            rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES",
-                         dt);
+            rc =
+                err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\"; this model takes BYTES", dt);
             goto out;
         }
         rc = parse_text_input(m, in, B, lim, req, e);
         goto out;
     }
     if (dtype_find(dt) == NULL) {
-        rc = err_set(e, INF_EINVAL, "inputs[0].datatype: \"%.32s\" is not a numeric datatype "
-                                    "(FP32, FP64, INT32, UINT8, ...)",
+        rc = err_set(e, INF_EINVAL,
+                     "inputs[0].datatype: \"%.32s\" is not a numeric datatype "
+                     "(FP32, FP64, INT32, UINT8, ...)",
                      dt);
         goto out;
     }
@@ -582,8 +585,9 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
     if (bds != NULL) {
         size_t need;
         if (!size_mul_ok(n, dtype_bytes(dt), &need) || need != bin_len) {
-            rc = err_set(e, INF_EINVAL, "inputs[0] binary data: %zu bytes, %zu %s elements need "
-                                        "%zu",
+            rc = err_set(e, INF_EINVAL,
+                         "inputs[0] binary data: %zu bytes, %zu %s elements need "
+                         "%zu",
                          bin_len, n, dt, n * dtype_bytes(dt));
             goto out;
         }
@@ -595,8 +599,9 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
         for (size_t i = 0; nested && i < rank; i++)
             nested = fast_dims[i] == dims[i];
         if (!flat && !nested) {
-            rc = err_set(e, INF_EINVAL, "inputs[0].data: %zu elements nested %d deep; the shape "
-                                        "needs %zu, flat or nested as the shape",
+            rc = err_set(e, INF_EINVAL,
+                         "inputs[0].data: %zu elements nested %d deep; the shape "
+                         "needs %zu, flat or nested as the shape",
                          fast_n, fast_rank, n);
             goto out;
         }
@@ -617,8 +622,8 @@ out:
  * Responses
  * ---------------------------------------------------------------------------------------- */
 
-static json_t *tensor_json(const char *name, const char *datatype, size_t d0, size_t d1,
-                           bool two_d, json_t *data)
+static json_t *tensor_json(const char *name, const char *datatype, size_t d0, size_t d1, bool two_d,
+                           json_t *data)
 {
     json_t *shape = two_d ? json_pack("[II]", (json_int_t)d0, (json_int_t)d1)
                           : json_pack("[I]", (json_int_t)d0);
@@ -665,14 +670,12 @@ static void top_k_indices(const float *p, size_t C, int k, size_t *idx)
     }
 }
 
-json_t *oip_response_build(const struct model *m, const char *model_name,
-                           const char *model_version, const struct oip_request *req,
-                           const float *out)
+json_t *oip_response_build(const struct model *m, const char *model_name, const char *model_version,
+                           const struct oip_request *req, const float *out)
 {
     const struct model_info *info = model_get_info(m);
     size_t B = req->batch, O = info->out_size;
-    json_t *res = json_pack("{s:s, s:s}", "model_name", model_name, "model_version",
-                            model_version);
+    json_t *res = json_pack("{s:s, s:s}", "model_name", model_name, "model_version", model_version);
     json_t *outs = json_array();
     size_t *idx = calloc(req->top_k > 0 ? (size_t)req->top_k : 1, sizeof *idx);
     if (res == NULL || outs == NULL || idx == NULL)
@@ -683,8 +686,8 @@ json_t *oip_response_build(const struct model *m, const char *model_name,
         if (append_new(outs, tensor_json("output", "FP32", B, O, true, floats_json(out, B * O))))
             goto fail;
     if (req->outputs & OIP_OUT_PROBABILITIES)
-        if (append_new(outs, tensor_json("probabilities", "FP32", B, O, true,
-                                         floats_json(out, B * O))))
+        if (append_new(outs,
+                       tensor_json("probabilities", "FP32", B, O, true, floats_json(out, B * O))))
             goto fail;
     if (req->outputs & OIP_OUT_LABEL) {
         json_t *labels = json_array();
@@ -808,8 +811,9 @@ int oip_response_encode(const struct model *m, const char *model_name, const cha
             if (append_binary(t, &bin, &blen, &bcap) != INF_OK)
                 goto out;
             json_object_del(t, "data");
-            json_object_set_new(t, "parameters",
-                                json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before)));
+            json_object_set_new(
+                t, "parameters",
+                json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before)));
         }
     }
     text = json_dumps(res, JSON_COMPACT | JSON_REAL_PRECISION(9));

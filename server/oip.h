@@ -33,17 +33,17 @@ enum oip_output {
 };
 
 struct oip_request {
-    char *id;          /* the request "id" to echo, or NULL; owned */
-    size_t batch;      /* B */
-    float *raw;        /* (B, R) tensor input as sent (tensor models); owned */
-    float *x;          /* (B, F) features for the first layer; owned */
-    char **texts;      /* (B) NUL-terminated texts (text models); owned */
-    size_t *text_lens; /* (B) byte lengths (texts may hold NUL bytes) */
-    unsigned outputs;  /* enum oip_output bits requested */
+    char *id;                /* the request "id" to echo, or NULL; owned */
+    size_t batch;            /* B */
+    float *raw;              /* (B, R) tensor input as sent (tensor models); owned */
+    float *x;                /* (B, F) features for the first layer; owned */
+    char **texts;            /* (B) NUL-terminated texts (text models); owned */
+    size_t *text_lens;       /* (B) byte lengths (texts may hold NUL bytes) */
+    unsigned outputs;        /* enum oip_output bits requested */
     unsigned binary_outputs; /* of those, the ones to send as binary data */
-    bool binary_all;   /* parameters.binary_data_output */
-    int top_k;         /* parameters.top_k, 0 if absent */
-    json_t *params;    /* "parameters" object or NULL; new reference */
+    bool binary_all;         /* parameters.binary_data_output */
+    int top_k;               /* parameters.top_k, 0 if absent */
+    json_t *params;          /* "parameters" object or NULL; new reference */
 };
 
 /*
@@ -61,9 +61,8 @@ void oip_request_deinit(struct oip_request *req);
  * header (Inference-Header-Content-Length), the rest the input's raw little-endian elements
  * (BYTES: 4-byte length + bytes each), sized by inputs[0].parameters.binary_data_size.
  */
-int oip_request_parse_binary(const struct model *m, const char *body, size_t len,
-                             size_t json_len, const struct oip_limits *lim,
-                             struct oip_request *req, struct err *e);
+int oip_request_parse_binary(const struct model *m, const char *body, size_t len, size_t json_len,
+                             const struct oip_limits *lim, struct oip_request *req, struct err *e);
 
 /*
  * Encodes the whole response: JSON, followed (when the request asked for binary outputs) by
@@ -78,17 +77,16 @@ int oip_response_encode(const struct model *m, const char *model_name, const cha
  * Builds the response for req from out (B, O): probabilities (after softmax) for a classifier,
  * values for a regressor. Returns a new JSON object (caller decrefs) or NULL on out of memory.
  */
-json_t *oip_response_build(const struct model *m, const char *model_name,
-                           const char *model_version, const struct oip_request *req,
-                           const float *out);
+json_t *oip_response_build(const struct model *m, const char *model_name, const char *model_version,
+                           const struct oip_request *req, const float *out);
 
 /*
  * Converts a JSON tensor to floats: data is a flat array of n numbers or arrays nested exactly
  * as dims (rank entries). datatype ("FP32", "UINT8", ...) bounds the values. Writes n floats
  * to out. what names the field in errors ("inputs[0].data", "line 7: input").
  */
-int oip_tensor_from_json(const json_t *data, const char *datatype, const int64_t *dims,
-                         int rank, size_t n, float *out, const char *what, struct err *e);
+int oip_tensor_from_json(const json_t *data, const char *datatype, const int64_t *dims, int rank,
+                         size_t n, float *out, const char *what, struct err *e);
 
 /* Returns the index of label in m's labels, or -1. */
 int oip_label_index(const struct model *m, const char *label);

@@ -509,8 +509,7 @@ int registry_unload(struct registry *r, const char *name, struct err *e)
     return INF_OK;
 }
 
-struct model_version *registry_get(struct registry *r, const char *name, int version,
-                                   struct err *e)
+struct model_version *registry_get(struct registry *r, const char *name, int version, struct err *e)
 {
     struct model_version *v = NULL;
     const struct reg_entry *failed = NULL;
@@ -586,9 +585,8 @@ json_t *registry_list(struct registry *r)
         for (size_t k = 0; k < i && !listed; k++)
             listed = r->entries[k].live != NULL && strcmp(r->entries[k].name, en->name) == 0;
         if (!listed)
-            json_array_append_new(out, json_pack("{s:s, s:o, s:b}", "name", en->name,
-                                                 "versions", versions_locked(r, en->name),
-                                                 "ready", 1));
+            json_array_append_new(out, json_pack("{s:s, s:o, s:b}", "name", en->name, "versions",
+                                                 versions_locked(r, en->name), "ready", 1));
     }
     pthread_mutex_unlock(&r->lock);
     return out;
@@ -605,17 +603,17 @@ json_t *registry_index(struct registry *r)
         const char *state = en->live ? "READY" : (en->failed ? "UNAVAILABLE" : "UNLOADED");
         char v[16];
         snprintf(v, sizeof v, "%d", en->version);
-        json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:s}", "name", en->name, "version",
-                                             v, "state", state, "reason",
-                                             en->failed ? en->error : ""));
+        json_array_append_new(out,
+                              json_pack("{s:s, s:s, s:s, s:s}", "name", en->name, "version", v,
+                                        "state", state, "reason", en->failed ? en->error : ""));
     }
     for (size_t i = 0; i < l.n; i++) {
         if (entry_find(r, l.v[i].name, l.v[i].version) != NULL)
             continue;
         char v[16];
         snprintf(v, sizeof v, "%d", l.v[i].version);
-        json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:s}", "name", l.v[i].name,
-                                             "version", v, "state", "UNLOADED", "reason", ""));
+        json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:s}", "name", l.v[i].name, "version",
+                                             v, "state", "UNLOADED", "reason", ""));
     }
     pthread_mutex_unlock(&r->lock);
     free(l.v);

@@ -32,8 +32,8 @@ struct metrics;
 #define REGISTRY_NAME_MAX 128
 
 struct registry_config {
-    const char *models_dir;  /* may be NULL */
-    const char *data_dir;    /* DATA; models live in DATA/models; may be NULL */
+    const char *models_dir;      /* may be NULL */
+    const char *data_dir;        /* DATA; models live in DATA/models; may be NULL */
     struct batcher_config batch; /* defaults; a model's "serving" section overrides */
 };
 

@@ -26,7 +26,7 @@ struct opt_def {
     const char *flag; /* without "--"; the variable is INFERA_<FLAG, upper, '-' -> '_'> */
     enum opt_kind kind;
     size_t offset;
-    size_t size;      /* OPT_STR: buffer size */
+    size_t size; /* OPT_STR: buffer size */
     double lo, hi;
     const char *help;
 };

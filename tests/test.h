@@ -16,48 +16,47 @@
 static int test_failures;
 static int test_checks;
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        test_checks++;                                                                     \
-        if (!(cond)) {                                                                     \
-            test_failures++;                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
-        }                                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        test_checks++;                                                                             \
+        if (!(cond)) {                                                                             \
+            test_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                               \
-    do {                                                                                   \
-        test_checks++;                                                                     \
-        if (!(cond)) {                                                                     \
-            test_failures++;                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-        }                                                                                  \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        test_checks++;                                                                             \
+        if (!(cond)) {                                                                             \
+            test_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
     } while (0)
 
 /* |a - b| <= tol, NaN never passes. */
-#define CHECK_NEAR(a, b, tol)                                                              \
-    do {                                                                                   \
-        double ca_ = (double)(a), cb_ = (double)(b);                                       \
-        test_checks++;                                                                     \
-        if (!(fabs(ca_ - cb_) <= (tol))) {                                                 \
-            test_failures++;                                                               \
-            fprintf(stderr, "%s:%d: CHECK_NEAR failed: %s = %.9g, %s = %.9g, tol %g\n",    \
-                    __FILE__, __LINE__, #a, ca_, #b, cb_, (double)(tol));                  \
-        }                                                                                  \
+#define CHECK_NEAR(a, b, tol)                                                                      \
+    do {                                                                                           \
+        double ca_ = (double)(a), cb_ = (double)(b);                                               \
+        test_checks++;                                                                             \
+        if (!(fabs(ca_ - cb_) <= (tol))) {                                                         \
+            test_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK_NEAR failed: %s = %.9g, %s = %.9g, tol %g\n", __FILE__,  \
+                    __LINE__, #a, ca_, #b, cb_, (double)(tol));                                    \
+        }                                                                                          \
     } while (0)
 
 /* The message of e contains needle. */
-#define CHECK_ERR_HAS(e, needle)                                                           \
-    CHECK_MSG(strstr((e)->msg, (needle)) != NULL, "error \"%s\" lacks \"%s\"", (e)->msg,   \
-              (needle))
+#define CHECK_ERR_HAS(e, needle)                                                                   \
+    CHECK_MSG(strstr((e)->msg, (needle)) != NULL, "error \"%s\" lacks \"%s\"", (e)->msg, (needle))
 
-#define RUN(fn)                                                                            \
-    do {                                                                                   \
-        int before_ = test_failures;                                                       \
-        fn();                                                                              \
-        fprintf(stderr, "%s %s\n", test_failures == before_ ? "ok  " : "FAIL", #fn);       \
+#define RUN(fn)                                                                                    \
+    do {                                                                                           \
+        int before_ = test_failures;                                                               \
+        fn();                                                                                      \
+        fprintf(stderr, "%s %s\n", test_failures == before_ ? "ok  " : "FAIL", #fn);               \
     } while (0)
 
 /* True under slow runners (the valgrind setup sets INFERA_TEST_QUICK=1): randomized tests

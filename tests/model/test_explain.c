@@ -40,8 +40,7 @@ static struct model *load(const char *json)
 }
 
 /* The target's logit for one raw input. */
-static double logit(const struct model *m, struct model_workspace *ws, const float *raw,
-                    int target)
+static double logit(const struct model *m, struct model_workspace *ws, const float *raw, int target)
 {
     float x[5], out[3];
     model_featurize_tensor(m, raw, 1, x, NULL);
@@ -142,8 +141,7 @@ static void test_text_tokens(void)
     struct model_token_score *toks = NULL;
     size_t n = 0;
     int target = -1;
-    CHECK(model_attribute_text(m, ws, text, strlen(text), &o, &toks, &n, &target, &e) ==
-          INF_OK);
+    CHECK(model_attribute_text(m, ws, text, strlen(text), &o, &toks, &n, &target, &e) == INF_OK);
     CHECK(target == 1);
     const char *want[] = {"good", "food", "good", "food", "bad", "service"};
     CHECK(n == 6);

@@ -1240,7 +1240,7 @@ static void test_fuzz(void)
     CHECK_MSG(bad == 0, "%zu fuzz disagreements (seed %llu)", bad, (unsigned long long)test_seed());
     /* The mutations must reach every outcome, or this test proves little. */
     CHECK(count[0] * 100 > (size_t)mutations && count[1] * 100 > (size_t)mutations &&
-              count[2] * 100 > (size_t)mutations && count[3] * 1000 > (size_t)mutations);
+          count[2] * 100 > (size_t)mutations && count[3] * 1000 > (size_t)mutations);
     fprintf(stderr,
             "     fuzz: %d mutations: %zu OK (%zu of them on bodies jansson rejects, and "
             "rejects rest too), %zu ENOTFOUND, %zu EINVAL, %zu ELIMIT\n",
