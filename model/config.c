@@ -764,6 +764,10 @@ static int parse_layers(struct model *m, const json_t *arr, struct err *e)
         if (rc)
             return rc;
         l->w_off = off;
+        if (l->type == LAYER_LINEAR) {
+            l->wt_off = m->n_wt;
+            m->n_wt += l->w_n; /* <= n_params, checked below */
+        }
         if (!size_add_ok(off, l->w_n, &off))
             return err_set(e, INF_EINVAL, "layers: too many parameters");
         l->b_off = off;

@@ -134,11 +134,12 @@ const float *forward_pass(const struct model *m, struct model_workspace *ws, con
     }
     ws->act[0] = (float *)x; /* only written through when in_copy made it private */
     ws->training = training;
+    const float *wt = m->wt_fresh ? m->wt : NULL;
     for (size_t i = 0; i < m->n_layers; i++) {
         const struct layer *l = &m->layers[i];
         if (l->in_place)
             ws->act[i + 1] = ws->act[i];
-        layer_forward(l, m->params, ws->act[i], ws->act[i + 1], B, ws, i, training, rng);
+        layer_forward(l, m->params, wt, ws->act[i], ws->act[i + 1], B, ws, i, training, rng);
     }
     return ws->act[m->n_layers];
 }

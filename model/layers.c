@@ -39,14 +39,17 @@ MODEL_HOT static void bias_act_rows(float *y, const float *b, size_t B, size_t n
     }
 }
 
-static void linear_forward(const struct layer *l, const float *params, const float *x, float *y,
-                           size_t B)
+static void linear_forward(const struct layer *l, const float *params, const float *wt,
+                           const float *x, float *y, size_t B)
 {
     const int NI = l->in_features, NO = l->out_features;
     const float *W = params + l->w_off;                 /* (O, I) */
     const float *b = l->b_n ? params + l->b_off : NULL; /* (O) */
     if (B == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
+    } else if (wt != NULL) { /* y (B, O) = x (B, I) W^T (I, O), both NoTrans */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, NO, NI, 1.0f, x, NI,
+                    wt + l->wt_off, NO, 0.0f, y, NO);
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, NO, NI, 1.0f, x, NI, W, NI,
                     0.0f, y, NO);
@@ -409,13 +412,14 @@ MODEL_HOT static void act_backward(const struct layer *l, const float *x, const 
  * Dispatch
  * ---------------------------------------------------------------------------------------- */
 
-void layer_forward(const struct layer *l, const float *params, const float *in, float *out,
-                   size_t B, struct model_workspace *ws, size_t li, bool training, struct rng *rng)
+void layer_forward(const struct layer *l, const float *params, const float *wt, const float *in,
+                   float *out, size_t B, struct model_workspace *ws, size_t li, bool training,
+                   struct rng *rng)
 {
     size_t n = B * l->out_size;
     switch (l->type) {
         case LAYER_LINEAR:
-            linear_forward(l, params, in, out, B);
+            linear_forward(l, params, wt, in, out, B);
             break;
         case LAYER_CONV2D:
             conv2d_forward(l, params, in, out, B, ws);

@@ -23,6 +23,7 @@ void model_free(struct model *m)
     free(m->pre_b);
     free(m->layers);
     free(m->params);
+    free(m->wt);
     free(m);
 }
 
@@ -79,6 +80,10 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
         err_set(e, INF_ENOMEM, "out of memory for %zu parameters", m->n_params);
         goto fail;
     }
+    if ((m->wt = malloc((m->n_wt ? m->n_wt : 1) * sizeof(float))) == NULL) {
+        err_set(e, INF_ENOMEM, "out of memory for %zu parameters", m->n_params);
+        goto fail;
+    }
     if (!have_st) {
         params_default_init(m, m->info.training.seed);
     } else {
@@ -89,6 +94,7 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
         st_file_deinit(&f);
         have_st = false;
     }
+    params_transpose(m);
     json_decref(doc);
     return m;
 fail:
@@ -140,6 +146,7 @@ struct model *model_clone(const struct model *src, struct err *e)
     if (m == NULL)
         return NULL;
     memcpy(m->params, src->params, src->n_params * sizeof(float));
+    params_transpose(m);
     m->info.training = src->info.training;
     return m;
 }

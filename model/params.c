@@ -29,6 +29,22 @@ void params_default_init(struct model *m, uint64_t seed)
     }
 }
 
+void params_transpose(struct model *m)
+{
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const struct layer *l = &m->layers[i];
+        if (l->type != LAYER_LINEAR)
+            continue;
+        const size_t I = (size_t)l->in_features, O = (size_t)l->out_features;
+        const float *w = m->params + l->w_off; /* (O, I) */
+        float *wt = m->wt + l->wt_off;         /* (I, O) */
+        for (size_t o = 0; o < O; o++)
+            for (size_t k = 0; k < I; k++)
+                wt[k * O + o] = w[o * I + k];
+    }
+    m->wt_fresh = true;
+}
+
 static int format_shape(char *buf, size_t cap, int rank, const int64_t *shape)
 {
     size_t used = 0;

@@ -294,6 +294,7 @@ MODEL_HOT static void adam_step(struct model_trainer *t)
 static void optimizer_step(struct model_trainer *t)
 {
     t->step++;
+    t->m->wt_fresh = false; /* the transposed inference copy no longer matches */
     if (t->cfg.optimizer == MODEL_OPTIM_SGD)
         sgd_step(t);
     else
@@ -390,6 +391,7 @@ int model_trainer_run(struct model_trainer *t, model_epoch_fn on_epoch,
         if (rc)
             return rc;
         t->epochs_done++;
+        params_transpose(t->m);
         s.seconds = now_seconds() - t0;
         s.samples_per_s = s.seconds > 0 ? (double)t->train->n / s.seconds : 0;
         s.epoch = t->epochs_done;
@@ -593,6 +595,7 @@ int model_trainer_checkpoint_restore(struct model_trainer *t, const void *data, 
         goto out;
     }
     memcpy(m->params, params, m->n_params * sizeof *params);
+    params_transpose(m);
     st_to_f32(s1, t->opt1);
     st_to_f32(s2, t->opt2);
     t->epochs_done = (int)epoch;

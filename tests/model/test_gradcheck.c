@@ -76,6 +76,10 @@ static struct model *load_sq(const char *sq, const char *what)
     struct model *m = model_load_buffers(s, n, NULL, 0, &e);
     CHECK_MSG(m != NULL, "%s: %s", what, e.msg);
     free(s);
+    /* This test writes m->params directly, as a trainer does: the transposed inference copy
+     * of the Linear weights must not be used (a trainer marks it stale the same way). */
+    if (m != NULL)
+        m->wt_fresh = false;
     return m;
 }
 
