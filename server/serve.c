@@ -65,10 +65,10 @@ static void options_default(struct server_options *o)
     snprintf(o->data_dir, sizeof o->data_dir, "./data");
     snprintf(o->models_dir, sizeof o->models_dir, "./models");
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    /* Half the cores run forward passes; the rest parse, encode and move bytes. With a worker
-     * per core, a request nearly always found a worker free and ran alone: no batch ever
-     * formed, and parsing had no core left while forwards ran (bench/http). */
-    o->infer_workers = cores > 1 ? (unsigned)cores / 2 : 1;
+    /* One forward worker per core. Half the cores (so that batches form while the other half
+     * parses) measured no better on the 784-512-512-10 model: small batches cost OpenBLAS
+     * nearly as much as single rows (bench/http/README.md). */
+    o->infer_workers = cores > 0 ? (unsigned)cores : 1;
     o->http_threads = 16;
     o->max_batch_size = 64;
     o->max_batch_delay_us = 0;
