@@ -39,6 +39,31 @@ MODEL_HOT static void bias_act_rows(float *y, const float *b, size_t B, size_t n
     }
 }
 
+/*
+ * One row through a Linear layer when most inputs are zero (raw pixels, text features, and
+ * every layer after a ReLU): y (O) = sum over nonzero x_i of x_i * W^T[i] (O). Only the rows of
+ * W^T that a nonzero input selects are read, and reading the weights is what a single-row
+ * product is bound by. Returns false (nothing written) when x is not sparse enough to gain.
+ */
+MODEL_HOT static bool linear_sparse_row(const float *x, const float *wt, float *y, int NI, int NO)
+{
+    int nnz = 0;
+    for (int i = 0; i < NI; i++)
+        nnz += x[i] != 0.0f;
+    if (nnz * 3 > NI * 2) /* above two thirds nonzero, sgemv's streaming wins */
+        return false;
+    memset(y, 0, (size_t)NO * sizeof *y);
+    for (int i = 0; i < NI; i++) {
+        const float xi = x[i];
+        if (xi == 0.0f)
+            continue;
+        const float *w = wt + (size_t)i * (size_t)NO;
+        for (int o = 0; o < NO; o++)
+            y[o] += xi * w[o];
+    }
+    return true;
+}
+
 static void linear_forward(const struct layer *l, const float *params, const float *wt,
                            const float *x, float *y, size_t B)
 {
@@ -46,7 +71,8 @@ static void linear_forward(const struct layer *l, const float *params, const flo
     const float *W = params + l->w_off;                 /* (O, I) */
     const float *b = l->b_n ? params + l->b_off : NULL; /* (O) */
     if (B == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
+        if (wt == NULL || !linear_sparse_row(x, wt + l->wt_off, y, NI, NO))
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
     } else if (wt != NULL) { /* y (B, O) = x (B, I) W^T (I, O), both NoTrans */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, NO, NI, 1.0f, x, NI,
                     wt + l->wt_off, NO, 0.0f, y, NO);
