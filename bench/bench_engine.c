@@ -69,52 +69,68 @@ static int cmp_double(const void *a, const void *b)
 
 struct workload {
     const char *name;
-    const char *config;            /* model.json */
-    size_t n;                      /* N training samples */
-    size_t in, out;                /* F and O */
+    const char *config; /* model.json */
+    size_t n;           /* N training samples */
+    size_t in, out;     /* F and O */
     bool classify;
     size_t n_linears;
     size_t linears[BENCH_MAX_LINEARS][2]; /* (I, O) of each Linear, in order */
 };
 
 static const struct workload workload_a = {
-    "a",
-    "{\"format\": 1, \"task\": \"regression\","
-    " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [2]},"
-    " \"layers\": [{\"type\": \"Linear\", \"in_features\": 2, \"out_features\": 10},"
-    "              {\"type\": \"Tanh\"},"
-    "              {\"type\": \"Linear\", \"in_features\": 10, \"out_features\": 1}],"
-    " \"training\": {\"loss\": \"mse\", \"optimizer\": \"sgd\", \"learning_rate\": 0.01,"
-    "              \"batch_size\": 1000, \"epochs\": 1000, \"shuffle\": false, \"seed\": 0}}",
-    1000, 2, 1, false, 2, {{2, 10}, {10, 1}},
+    .name = "a",
+    .config =
+        "{\"format\": 1, \"task\": \"regression\","
+        " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [2]},"
+        " \"layers\": [{\"type\": \"Linear\", \"in_features\": 2, \"out_features\": 10},"
+        "              {\"type\": \"Tanh\"},"
+        "              {\"type\": \"Linear\", \"in_features\": 10, \"out_features\": 1}],"
+        " \"training\": {\"loss\": \"mse\", \"optimizer\": \"sgd\", \"learning_rate\": 0.01,"
+        "              \"batch_size\": 1000, \"epochs\": 1000, \"shuffle\": false, \"seed\": 0}}",
+    .n = 1000,
+    .in = 2,
+    .out = 1,
+    .classify = false,
+    .n_linears = 2,
+    .linears = {{2, 10}, {10, 1}},
 };
 
 static const struct workload workload_b = {
-    "b",
-    "{\"format\": 1, \"task\": \"classification\","
-    " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [1000]},"
-    " \"layers\": [{\"type\": \"Linear\", \"in_features\": 1000, \"out_features\": 100},"
-    "              {\"type\": \"ReLU\"},"
-    "              {\"type\": \"Linear\", \"in_features\": 100, \"out_features\": 10}],"
-    " \"training\": {\"loss\": \"cross_entropy\", \"optimizer\": \"sgd\","
-    "              \"learning_rate\": 0.01, \"batch_size\": 64, \"epochs\": 5,"
-    "              \"shuffle\": false, \"seed\": 0}}",
-    10000, 1000, 10, true, 2, {{1000, 100}, {100, 10}},
+    .name = "b",
+    .config = "{\"format\": 1, \"task\": \"classification\","
+              " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [1000]},"
+              " \"layers\": [{\"type\": \"Linear\", \"in_features\": 1000, \"out_features\": 100},"
+              "              {\"type\": \"ReLU\"},"
+              "              {\"type\": \"Linear\", \"in_features\": 100, \"out_features\": 10}],"
+              " \"training\": {\"loss\": \"cross_entropy\", \"optimizer\": \"sgd\","
+              "              \"learning_rate\": 0.01, \"batch_size\": 64, \"epochs\": 5,"
+              "              \"shuffle\": false, \"seed\": 0}}",
+    .n = 10000,
+    .in = 1000,
+    .out = 10,
+    .classify = true,
+    .n_linears = 2,
+    .linears = {{1000, 100}, {100, 10}},
 };
 
 static const struct workload workload_c = {
-    "c",
-    "{\"format\": 1, \"task\": \"classification\","
-    " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [784]},"
-    " \"layers\": [{\"type\": \"Linear\", \"in_features\": 784, \"out_features\": 512},"
-    "              {\"type\": \"ReLU\"},"
-    "              {\"type\": \"Linear\", \"in_features\": 512, \"out_features\": 512},"
-    "              {\"type\": \"ReLU\"},"
-    "              {\"type\": \"Linear\", \"in_features\": 512, \"out_features\": 10}],"
-    " \"training\": {\"loss\": \"cross_entropy\", \"optimizer\": \"adam\","
-    "              \"learning_rate\": 0.001, \"batch_size\": 128, \"epochs\": 3,"
-    "              \"shuffle\": false, \"seed\": 0}}",
-    20000, 784, 10, true, 3, {{784, 512}, {512, 512}, {512, 10}},
+    .name = "c",
+    .config = "{\"format\": 1, \"task\": \"classification\","
+              " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [784]},"
+              " \"layers\": [{\"type\": \"Linear\", \"in_features\": 784, \"out_features\": 512},"
+              "              {\"type\": \"ReLU\"},"
+              "              {\"type\": \"Linear\", \"in_features\": 512, \"out_features\": 512},"
+              "              {\"type\": \"ReLU\"},"
+              "              {\"type\": \"Linear\", \"in_features\": 512, \"out_features\": 10}],"
+              " \"training\": {\"loss\": \"cross_entropy\", \"optimizer\": \"adam\","
+              "              \"learning_rate\": 0.001, \"batch_size\": 128, \"epochs\": 3,"
+              "              \"shuffle\": false, \"seed\": 0}}",
+    .n = 20000,
+    .in = 784,
+    .out = 10,
+    .classify = true,
+    .n_linears = 3,
+    .linears = {{784, 512}, {512, 512}, {512, 10}},
 };
 
 /*
@@ -280,7 +296,7 @@ static int bench_forward(bool quick, struct err *e)
     if (m == NULL)
         return e->status ? e->status : INF_EINVAL;
     ws = model_workspace_new(m, max_b, e);
-    x = malloc(max_b * w->in * sizeof *x);     /* (64, 784) */
+    x = malloc(max_b * w->in * sizeof *x);      /* (64, 784) */
     out = malloc(max_b * w->out * sizeof *out); /* (64, 10) */
     lat = malloc((size_t)iters1 * sizeof *lat);
     if (ws == NULL || x == NULL || out == NULL || lat == NULL) {
@@ -362,8 +378,8 @@ static double time_gemm(const struct gemm_shape *g, size_t B, const float *a, co
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, no, ni, nb, 1.0f, a, no, b, ni,
                             0.0f, c, ni);
             else /* a = dy (B, O), b = W (O, I), c = dx (B, I) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, ni, no, 1.0f, a, no, b, ni,
-                            0.0f, c, ni);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, ni, no, 1.0f, a, no, b,
+                            ni, 0.0f, c, ni);
         }
         double dt = (now_seconds() - t0) / reps;
         if (dt < best)
