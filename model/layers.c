@@ -40,26 +40,33 @@ MODEL_HOT static void bias_act_rows(float *y, const float *b, size_t B, size_t n
 }
 
 /*
- * One row through a Linear layer when most inputs are zero (raw pixels, text features, and
- * every layer after a ReLU): y (O) = sum over nonzero x_i of x_i * W^T[i] (O). Only the rows of
- * W^T that a nonzero input selects are read, and reading the weights is what a single-row
- * product is bound by. Returns false (nothing written) when x is not sparse enough to gain.
+ * A few rows through a Linear layer when most inputs are zero (raw pixels, hashed text, every
+ * layer after a ReLU): y (B, O) = sum over nonzero x[r][i] of x[r][i] * W^T[i] (O). A row of
+ * W^T is read from memory only if some input row needs it, and then reused from L1 by every
+ * row that does: reading the weights is what a small batch is bound by, so both a single row
+ * and a batch gain (a batch of 8 reads the union of its rows' weights once). Returns false,
+ * with nothing written, when the inputs are too dense for this to beat sgemv/sgemm.
  */
-MODEL_HOT static bool linear_sparse_row(const float *x, const float *wt, float *y, int NI, int NO)
+#define LINEAR_SPARSE_MAX_B 8
+MODEL_HOT static bool linear_sparse_rows(const float *x, const float *wt, float *y, size_t B,
+                                         int NI, int NO)
 {
-    int nnz = 0;
-    for (int i = 0; i < NI; i++)
-        nnz += x[i] != 0.0f;
-    if (nnz * 3 > NI * 2) /* above two thirds nonzero, sgemv's streaming wins */
+    size_t nnz = 0; /* the axpys to do; each reads a weight row at most once per batch */
+    for (size_t k = 0; k < B * (size_t)NI; k++)
+        nnz += x[k] != 0.0f;
+    if (nnz * 3 > B * (size_t)NI * 2) /* above two thirds nonzero, BLAS's dense kernels win */
         return false;
-    memset(y, 0, (size_t)NO * sizeof *y);
+    memset(y, 0, B * (size_t)NO * sizeof *y);
     for (int i = 0; i < NI; i++) {
-        const float xi = x[i];
-        if (xi == 0.0f)
-            continue;
         const float *w = wt + (size_t)i * (size_t)NO;
-        for (int o = 0; o < NO; o++)
-            y[o] += xi * w[o];
+        for (size_t r = 0; r < B; r++) {
+            const float xi = x[r * (size_t)NI + (size_t)i];
+            if (xi == 0.0f)
+                continue;
+            float *yr = y + r * (size_t)NO;
+            for (int o = 0; o < NO; o++)
+                yr[o] += xi * w[o];
+        }
     }
     return true;
 }
@@ -70,9 +77,11 @@ static void linear_forward(const struct layer *l, const float *params, const flo
     const int NI = l->in_features, NO = l->out_features;
     const float *W = params + l->w_off;                 /* (O, I) */
     const float *b = l->b_n ? params + l->b_off : NULL; /* (O) */
-    if (B == 1) {
-        if (wt == NULL || !linear_sparse_row(x, wt + l->wt_off, y, NI, NO))
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
+    if (wt != NULL && B <= LINEAR_SPARSE_MAX_B &&
+        linear_sparse_rows(x, wt + l->wt_off, y, B, NI, NO)) {
+        /* done: only the weight rows that nonzero inputs select were read */
+    } else if (B == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
     } else if (wt != NULL) { /* y (B, O) = x (B, I) W^T (I, O), both NoTrans */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, NO, NI, 1.0f, x, NI,
                     wt + l->wt_off, NO, 0.0f, y, NO);
