@@ -112,7 +112,8 @@ def test_replace_under_load_loses_no_request():
 
 def test_full_queue_answers_503_with_retry_after():
     rows = digits_rows(1)
-    args = ["--queue-size", "1", "--infer-workers", "1", "--max-batch-delay-us", "400000"]
+    args = ["--queue-size", "1", "--infer-workers", "1", "--max-batch-delay-us",
+            str(400000 * SLOW)]
     with Server(models=trained_repo(), args=args) as s:
         results = []
 
@@ -157,7 +158,7 @@ def test_sighup_reloads_the_store():
 
 def test_sigterm_drains_in_flight_requests():
     rows = digits_rows(1)
-    args = ["--max-batch-delay-us", "700000", "--drain-delay", "0.3"]
+    args = ["--max-batch-delay-us", str(min(700000 * SLOW, 10000000)), "--drain-delay", str(0.3 * SLOW)]
     s = Server(models=trained_repo(), args=args).start()
     try:
         results = []
