@@ -182,6 +182,13 @@ int st_serialize(const struct st_out *ts, size_t n, const json_t *metadata, char
 /* Fills m->params with PyTorch's default init drawn from seed. */
 void params_default_init(struct model *m, uint64_t seed);
 
+/*
+ * Serializes m's weights under their state_dict names, followed by n_extra more tensors
+ * (borrowed) and optional string metadata, as safetensors; caller frees *data.
+ */
+int params_serialize(const struct model *m, const struct st_out *extra, size_t n_extra,
+                     const json_t *metadata, char **data, size_t *len, struct err *e);
+
 /* Rebuilds m->wt from m->params and marks it fresh. */
 void params_transpose(struct model *m);
 

@@ -171,35 +171,7 @@ char *model_config_dump(const struct model *m)
 
 int model_weights_serialize(const struct model *m, char **data, size_t *len, struct err *e)
 {
-    struct st_out *outs = calloc(2 * m->n_layers + 1, sizeof *outs);
-    char(*names)[32] = calloc(2 * m->n_layers + 1, sizeof *names);
-    int64_t *bshape = calloc(m->n_layers + 1, sizeof *bshape);
-    int rc = INF_OK;
-    if (outs == NULL || names == NULL || bshape == NULL) {
-        rc = err_set(e, INF_ENOMEM, "out of memory");
-        goto out;
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < m->n_layers; i++) {
-        const struct layer *l = &m->layers[i];
-        if (l->w_n > 0) {
-            snprintf(names[n], sizeof names[n], "%zu.weight", i);
-            outs[n] = (struct st_out){names[n], l->w_rank, l->w_shape, m->params + l->w_off};
-            n++;
-        }
-        if (l->b_n > 0) {
-            bshape[i] = (int64_t)l->b_n;
-            snprintf(names[n], sizeof names[n], "%zu.bias", i);
-            outs[n] = (struct st_out){names[n], 1, &bshape[i], m->params + l->b_off};
-            n++;
-        }
-    }
-    rc = st_serialize(outs, n, NULL, data, len, e);
-out:
-    free(outs);
-    free(names);
-    free(bshape);
-    return rc;
+    return params_serialize(m, NULL, 0, NULL, data, len, e);
 }
 
 int model_save(const struct model *m, const char *dir, struct err *e)

@@ -127,3 +127,39 @@ int params_from_safetensors(struct model *m, const struct st_file *f, struct err
     }
     return INF_OK;
 }
+
+int params_serialize(const struct model *m, const struct st_out *extra, size_t n_extra,
+                     const json_t *metadata, char **data, size_t *len, struct err *e)
+{
+    struct st_out *outs = calloc(2 * m->n_layers + n_extra + 1, sizeof *outs);
+    char(*names)[32] = calloc(2 * m->n_layers + 1, sizeof *names);
+    int64_t *bshape = calloc(m->n_layers + 1, sizeof *bshape);
+    int rc = INF_OK;
+    if (outs == NULL || names == NULL || bshape == NULL) {
+        rc = err_set(e, INF_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const struct layer *l = &m->layers[i];
+        if (l->w_n > 0) {
+            snprintf(names[n], sizeof names[n], "%zu.weight", i);
+            outs[n] = (struct st_out){names[n], l->w_rank, l->w_shape, m->params + l->w_off};
+            n++;
+        }
+        if (l->b_n > 0) {
+            bshape[i] = (int64_t)l->b_n;
+            snprintf(names[n], sizeof names[n], "%zu.bias", i);
+            outs[n] = (struct st_out){names[n], 1, &bshape[i], m->params + l->b_off};
+            n++;
+        }
+    }
+    for (size_t k = 0; k < n_extra; k++)
+        outs[n++] = extra[k];
+    rc = st_serialize(outs, n, metadata, data, len, e);
+out:
+    free(outs);
+    free(names);
+    free(bshape);
+    return rc;
+}

@@ -459,39 +459,13 @@ int model_trainer_checkpoint_serialize(const struct model_trainer *t, char **dat
                                        struct err *e)
 {
     const struct model *m = t->m;
-    int rc = INF_OK;
-    struct st_out *outs = calloc(2 * m->n_layers + 2, sizeof *outs);
-    char(*names)[32] = calloc(2 * m->n_layers, sizeof *names);
-    int64_t *bshape = calloc(m->n_layers, sizeof *bshape);
-    json_t *meta = NULL;
     char num[32];
-    if (outs == NULL || names == NULL || bshape == NULL) {
-        rc = err_set(e, INF_ENOMEM, "out of memory");
-        goto out;
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < m->n_layers; i++) {
-        const struct layer *l = &m->layers[i];
-        if (l->w_n > 0) {
-            snprintf(names[n], sizeof names[n], "%zu.weight", i);
-            outs[n] = (struct st_out){names[n], l->w_rank, l->w_shape, m->params + l->w_off};
-            n++;
-        }
-        if (l->b_n > 0) {
-            bshape[i] = (int64_t)l->b_n;
-            snprintf(names[n], sizeof names[n], "%zu.bias", i);
-            outs[n] = (struct st_out){names[n], 1, &bshape[i], m->params + l->b_off};
-            n++;
-        }
-    }
+    json_t *meta = json_object();
+    if (meta == NULL)
+        return err_set(e, INF_ENOMEM, "out of memory");
     int64_t flat = (int64_t)m->n_params;
-    outs[n++] = (struct st_out){"optimizer.state1", 1, &flat, t->opt1};
-    outs[n++] = (struct st_out){"optimizer.state2", 1, &flat, t->opt2};
-    meta = json_object();
-    if (meta == NULL) {
-        rc = err_set(e, INF_ENOMEM, "out of memory");
-        goto out;
-    }
+    const struct st_out opt[2] = {{"optimizer.state1", 1, &flat, t->opt1},
+                                  {"optimizer.state2", 1, &flat, t->opt2}};
     json_object_set_new(meta, "format", json_string(CKPT_FORMAT));
     json_object_set_new(meta, "optimizer", json_string(model_optimizer_name(t->cfg.optimizer)));
     snprintf(num, sizeof num, "%d", t->epochs_done);
@@ -499,12 +473,8 @@ int model_trainer_checkpoint_serialize(const struct model_trainer *t, char **dat
     snprintf(num, sizeof num, "%llu", (unsigned long long)t->step);
     json_object_set_new(meta, "step", json_string(num));
     json_object_set_new(meta, "momentum_init", json_string(t->opt1_init ? "1" : "0"));
-    rc = st_serialize(outs, n, meta, data, len, e);
-out:
+    int rc = params_serialize(m, opt, 2, meta, data, len, e);
     json_decref(meta);
-    free(outs);
-    free(names);
-    free(bshape);
     return rc;
 }
 
