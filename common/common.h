@@ -105,6 +105,18 @@ static inline bool size_add_ok(size_t a, size_t b, size_t *out)
     return true;
 }
 
+/* The value of a hexadecimal digit (0-9, a-f, A-F), or -1. */
+static inline int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* ------------------------------------------------------------------------------------------
  * Files
  * ---------------------------------------------------------------------------------------- */

@@ -373,17 +373,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&srv->inflight, 1);
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
@@ -407,7 +396,7 @@ static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s)
     char *w = s;
     for (const char *r = s; *r != '\0';) {
         int hi, lo;
-        if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 && (lo = hex_value(r[2])) >= 0 &&
+        if (r[0] == '%' && (hi = hex_digit(r[1])) >= 0 && (lo = hex_digit(r[2])) >= 0 &&
             (hi | lo) != 0) {
             *w++ = (char)(hi * 16 + lo);
             r += 3;

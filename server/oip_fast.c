@@ -83,17 +83,6 @@ static bool at(const struct scan *s, char c)
     return s->p < s->end && *s->p == c;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * Moves s past the string that starts at s->p (a '"'), checking what JSON requires of its
  * bytes: no raw control characters, only the escapes \" \\ \/ \b \f \n \r \t \uXXXX. If name
