@@ -163,40 +163,63 @@ static enum MHD_Result parse_error(struct request *rq, const struct err *e)
         e->msg);
 }
 
-enum MHD_Result handle_infer(struct request *rq)
+/*
+ * The common front of infer and explain: refuses while draining, looks up {m}/{v} and parses
+ * the body into req (with Triton's binary form when binary is true). Returns the version (a
+ * reference the caller releases) with req filled, or NULL after answering the error itself;
+ * req needs oip_request_deinit() either way.
+ */
+static struct model_version *begin_inference(struct request *rq, bool binary,
+                                             struct oip_request *req, enum MHD_Result *res)
 {
-    enum MHD_Result res;
-    if (atomic_load(&rq->srv->draining))
-        return refuse_draining(rq);
-    struct model_version *v = lookup(rq, &res);
+    memset(req, 0, sizeof *req);
+    if (atomic_load(&rq->srv->draining)) {
+        *res = refuse_draining(rq);
+        return NULL;
+    }
+    struct model_version *v = lookup(rq, res);
     if (v == NULL)
-        return res;
-    struct err e = {0};
-    struct oip_request req;
-    float *out = NULL;
-    char vs[16];
-    snprintf(vs, sizeof vs, "%d", v->version);
+        return NULL;
     size_t json_len = rq->body_len;
-    const char *hl =
-        MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    const char *hl = binary ? MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                                          "Inference-Header-Content-Length")
+                            : NULL;
     if (hl != NULL) {
         char *end = NULL;
         unsigned long long n = strtoull(hl, &end, 10);
         if (end == hl || *end != '\0' || n > rq->body_len) {
-            memset(&req, 0, sizeof req);
-            res = http_respond_error(rq, MHD_HTTP_BAD_REQUEST,
-                                     "Inference-Header-Content-Length: expected the length of "
-                                     "the JSON header, at most the body's %zu bytes",
-                                     rq->body_len);
-            goto out;
+            *res = http_respond_error(rq, MHD_HTTP_BAD_REQUEST,
+                                      "Inference-Header-Content-Length: expected the length of "
+                                      "the JSON header, at most the body's %zu bytes",
+                                      rq->body_len);
+            model_version_release(v);
+            return NULL;
         }
         json_len = (size_t)n;
     }
+    struct err e = {0};
     if (oip_request_parse_binary(v->model, rq->body, rq->body_len, json_len, &rq->srv->opt.limits,
-                                 &req, &e) != INF_OK) {
-        res = parse_error(rq, &e);
-        goto out;
+                                 req, &e) != INF_OK) {
+        *res = parse_error(rq, &e);
+        model_version_release(v);
+        return NULL;
     }
+    return v;
+}
+
+enum MHD_Result handle_infer(struct request *rq)
+{
+    enum MHD_Result res;
+    struct oip_request req;
+    struct model_version *v = begin_inference(rq, true, &req, &res);
+    if (v == NULL) {
+        oip_request_deinit(&req);
+        return res;
+    }
+    struct err e = {0};
+    float *out = NULL;
+    char vs[16];
+    snprintf(vs, sizeof vs, "%d", v->version);
     const struct model_info *info = model_get_info(v->model);
     out = malloc(req.batch * info->out_size * sizeof *out);
     if (out == NULL) {
@@ -296,25 +319,21 @@ static int explain_options(const struct model *m, const json_t *params, struct m
 enum MHD_Result handle_explain(struct request *rq)
 {
     enum MHD_Result res;
-    if (atomic_load(&rq->srv->draining))
-        return refuse_draining(rq);
-    struct model_version *v = lookup(rq, &res);
-    if (v == NULL)
+    struct oip_request req;
+    struct model_version *v = begin_inference(rq, false, &req, &res);
+    if (v == NULL) {
+        oip_request_deinit(&req);
         return res;
+    }
     const struct model *m = v->model;
     const struct model_info *info = model_get_info(m);
     struct err e = {0};
-    struct oip_request req;
     struct model_workspace *ws = NULL;
     float *baseline = NULL, *attr = NULL;
     json_t *targets = NULL, *data = NULL, *tokens = NULL;
     char vs[16];
     snprintf(vs, sizeof vs, "%d", v->version);
     struct model_attr_opts o;
-    if (oip_request_parse(m, rq->body, rq->body_len, &rq->srv->opt.limits, &req, &e) != INF_OK) {
-        res = parse_error(rq, &e);
-        goto out;
-    }
     baseline = malloc(info->raw_size * sizeof *baseline);
     attr = malloc(info->raw_size * sizeof *attr);
     ws = model_workspace_new(m, 64, &e);
