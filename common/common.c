@@ -194,7 +194,19 @@ out:
     return rc;
 }
 
-static int fsync_dir_of(const char *path, struct err *e)
+int fs_fsync_dir(const char *dir, struct err *e)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(e, INF_EIO, "%s: %s", dir, strerror(errno));
+    int rc = INF_OK;
+    if (fsync(fd) != 0)
+        rc = err_set(e, INF_EIO, "fsync %s: %s", dir, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+int fs_fsync_parent(const char *path, struct err *e)
 {
     char dir[4096];
     const char *slash = strrchr(path, '/');
@@ -209,14 +221,7 @@ static int fsync_dir_of(const char *path, struct err *e)
         memcpy(dir, path, n);
         dir[n] = '\0';
     }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return err_set(e, INF_EIO, "%s: %s", dir, strerror(errno));
-    int rc = INF_OK;
-    if (fsync(fd) != 0)
-        rc = err_set(e, INF_EIO, "fsync %s: %s", dir, strerror(errno));
-    close(fd);
-    return rc;
+    return fs_fsync_dir(dir, e);
 }
 
 int fs_write_atomic(const char *path, const void *data, size_t len, unsigned mode, struct err *e)
@@ -252,7 +257,7 @@ int fs_write_atomic(const char *path, const void *data, size_t len, unsigned mod
         unlink(tmp);
         return rc;
     }
-    return fsync_dir_of(path, e);
+    return fs_fsync_parent(path, e);
 }
 
 int fs_mkdir_p(const char *path, unsigned mode, struct err *e)

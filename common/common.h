@@ -135,6 +135,12 @@ int fs_read_file(const char *path, size_t max_bytes, char **data, size_t *len, s
  */
 int fs_write_atomic(const char *path, const void *data, size_t len, unsigned mode, struct err *e);
 
+/* fsyncs directory dir, so that entries created or renamed in it are durable. */
+int fs_fsync_dir(const char *dir, struct err *e);
+
+/* fsyncs the directory that holds path ("." for a bare name). */
+int fs_fsync_parent(const char *path, struct err *e);
+
 /* Creates directory path and its missing parents with the given mode. Existing is fine. */
 int fs_mkdir_p(const char *path, unsigned mode, struct err *e);
 

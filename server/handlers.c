@@ -21,9 +21,12 @@ enum MHD_Result handle_live(struct request *rq)
 
 enum MHD_Result handle_ready(struct request *rq)
 {
-    bool ready = atomic_load(&rq->srv->ready) && !atomic_load(&rq->srv->draining);
-    return http_respond_json(rq, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-                             json_pack("{s:b}", "ready", ready));
+    bool audit_ok = guard_audit_healthy(rq->srv);
+    bool ready = atomic_load(&rq->srv->ready) && !atomic_load(&rq->srv->draining) && audit_ok;
+    json_t *body = json_pack("{s:b}", "ready", ready);
+    if (!audit_ok && body != NULL)
+        json_object_set_new(body, "reason", json_string("the audit log cannot be written"));
+    return http_respond_json(rq, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, body);
 }
 
 enum MHD_Result handle_server_meta(struct request *rq)
@@ -77,6 +80,8 @@ static struct model_version *lookup(struct request *rq, enum MHD_Result *res)
     }
     struct err e = {0};
     struct model_version *v = registry_get(rq->srv->registry, rq->params[0], version, &e);
+    if (v != NULL)
+        rq->model_version = v->version; /* the version that answers, for the audit record */
     if (v == NULL)
         *res = http_respond_error(
             rq, e.status == INF_ENOTFOUND ? MHD_HTTP_NOT_FOUND : MHD_HTTP_BAD_REQUEST, "%s", e.msg);
@@ -442,6 +447,18 @@ static int base64_decode(const char *s, size_t n, unsigned char **out, size_t *o
     return INF_OK;
 }
 
+/* An audit event for a change of the served models (the request's own record follows). A
+ * failure here surfaces as the request record's failure: the answer becomes 503. */
+static void model_event(struct request *rq, const char *event, const char *name, int version,
+                        const char *source)
+{
+    json_t *f = json_pack("{s:s,s:s?}", "model", name, "source", source);
+    if (f != NULL && version > 0)
+        json_object_set_new(f, "version", json_integer(version));
+    guard_event(rq->srv, rq, event, f);
+    json_decref(f);
+}
+
 enum MHD_Result handle_repo_load(struct request *rq)
 {
     const char *name = rq->params[0];
@@ -485,6 +502,7 @@ enum MHD_Result handle_repo_load(struct request *rq)
         } else {
             char vs[16];
             snprintf(vs, sizeof vs, "%d", version);
+            model_event(rq, "model.loaded", name, version, "api");
             res = http_respond_json(rq, MHD_HTTP_OK,
                                     json_pack("{s:s, s:s}", "name", name, "version", vs));
         }
@@ -492,6 +510,7 @@ enum MHD_Result handle_repo_load(struct request *rq)
     } else if (registry_load_from_store(rq->srv->registry, name, &e) != INF_OK) {
         res = http_respond_error(rq, http_status_of(e.status), "%s", e.msg);
     } else {
+        model_event(rq, "model.loaded", name, 0, "store");
         res = http_respond_json(rq, MHD_HTTP_OK, json_pack("{s:s}", "name", name));
     }
     json_decref(doc);
@@ -506,6 +525,7 @@ enum MHD_Result handle_repo_unload(struct request *rq)
         return http_respond_error(rq, MHD_HTTP_BAD_REQUEST, "invalid model name");
     if (registry_unload(rq->srv->registry, name, &e) != INF_OK)
         return http_respond_error(rq, http_status_of(e.status), "%s", e.msg);
+    model_event(rq, "model.unloaded", name, 0, NULL);
     return http_respond_json(rq, MHD_HTTP_OK, json_pack("{s:s}", "name", name));
 }
 
@@ -513,8 +533,28 @@ enum MHD_Result handle_repo_unload(struct request *rq)
  * Metrics
  * ---------------------------------------------------------------------------------------- */
 
+/* The audit log's figures, read at scrape time. */
+static void audit_metrics(struct server *srv)
+{
+    if (srv->guard.audit == NULL || srv->metrics == NULL)
+        return;
+    struct audit_stats st;
+    audit_stats_get(srv->guard.audit, &st);
+    metrics_gauge_set(srv->metrics, "infera_audit_records_written",
+                      "Audit records made durable since start", NULL, NULL, (double)st.records);
+    metrics_gauge_set(srv->metrics, "infera_audit_fsyncs", "Audit group commits (fdatasync)", NULL,
+                      NULL, (double)st.fsyncs);
+    metrics_gauge_set(srv->metrics, "infera_audit_fsync_seconds_sum",
+                      "Seconds spent in audit fdatasync", NULL, NULL, st.fsync_seconds_total);
+    metrics_gauge_set(srv->metrics, "infera_audit_write_failures", "Failed audit group commits",
+                      NULL, NULL, (double)st.failures);
+    metrics_gauge_set(srv->metrics, "infera_audit_healthy", "1 while the audit log is writable",
+                      NULL, NULL, audit_healthy(srv->guard.audit) ? 1 : 0);
+}
+
 enum MHD_Result handle_metrics(struct request *rq)
 {
+    audit_metrics(rq->srv);
     size_t len = 0;
     char *text = metrics_render(rq->srv->metrics, &len);
     if (text == NULL)

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "http.h"
 #include "metrics.h"
 
@@ -17,22 +19,26 @@
  * ---------------------------------------------------------------------------------------- */
 
 static const struct route routes[] = {
-    {"GET", "/v2/health/live", handle_live, false},
-    {"GET", "/v2/health/ready", handle_ready, false},
-    {"GET", "/v2", handle_server_meta, false},
-    {"GET", "/v2/models", handle_models_list, false},
-    {"GET", "/v2/models/{m}", handle_model_meta, false},
-    {"GET", "/v2/models/{m}/versions/{v}", handle_model_meta, false},
-    {"GET", "/v2/models/{m}/ready", handle_model_ready, false},
-    {"GET", "/v2/models/{m}/versions/{v}/ready", handle_model_ready, false},
-    {"POST", "/v2/models/{m}/infer", handle_infer, true},
-    {"POST", "/v2/models/{m}/versions/{v}/infer", handle_infer, true},
-    {"POST", "/v2/models/{m}/explain", handle_explain, true},
-    {"POST", "/v2/models/{m}/versions/{v}/explain", handle_explain, true},
-    {"POST", "/v2/repository/index", handle_repo_index, true},
-    {"POST", "/v2/repository/models/{m}/load", handle_repo_load, true},
-    {"POST", "/v2/repository/models/{m}/unload", handle_repo_unload, true},
-    {"GET", "/metrics", handle_metrics, false},
+    {"GET", "/v2/health/live", handle_live, false, ROUTE_OPEN},
+    {"GET", "/v2/health/ready", handle_ready, false, ROUTE_OPEN},
+    {"GET", "/v2", handle_server_meta, false, ROUTE_INFER},
+    {"GET", "/v2/models", handle_models_list, false, ROUTE_INFER},
+    {"GET", "/v2/models/{m}", handle_model_meta, false, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/versions/{v}", handle_model_meta, false, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/ready", handle_model_ready, false, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/versions/{v}/ready", handle_model_ready, false, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/infer", handle_infer, true, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/versions/{v}/infer", handle_infer, true, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/explain", handle_explain, true, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/versions/{v}/explain", handle_explain, true, ROUTE_INFER},
+    {"POST", "/v2/repository/index", handle_repo_index, true, ROUTE_ADMIN},
+    {"POST", "/v2/repository/models/{m}/load", handle_repo_load, true, ROUTE_ADMIN},
+    {"POST", "/v2/repository/models/{m}/unload", handle_repo_unload, true, ROUTE_ADMIN},
+    {"POST", "/v1/keys", handle_keys_create, true, ROUTE_ADMIN},
+    {"GET", "/v1/keys", handle_keys_list, false, ROUTE_ADMIN},
+    {"GET", "/v1/keys/{k}", handle_keys_get, false, ROUTE_ADMIN},
+    {"DELETE", "/v1/keys/{k}", handle_keys_revoke, false, ROUTE_ADMIN},
+    {"GET", "/metrics", handle_metrics, false, ROUTE_METRICS},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
@@ -76,20 +82,67 @@ enum MHD_Result http_respond(struct request *rq, unsigned status, const char *co
     return http_respond_extra(rq, status, content_type, body, len, NULL, NULL);
 }
 
+/* The body of an error answer: {"error": message} on OIP routes, OpenAI's error object on /v1/.
+ * Returns a new string (caller frees) or NULL when out of memory. */
+static char *error_body(const struct request *rq, unsigned status, const char *msg)
+{
+    json_t *obj;
+    if (rq->openai) {
+        const char *type = status == 401   ? "authentication_error"
+                           : status == 403 ? "permission_error"
+                           : status == 429 ? "rate_limit_error"
+                           : status >= 500 ? "server_error"
+                                           : "invalid_request_error";
+        const char *code = status == 401   ? "invalid_api_key"
+                           : status == 404 ? "not_found"
+                           : status == 429 ? "rate_limit_exceeded"
+                                           : NULL;
+        obj = json_pack("{s:{s:s,s:s,s:n,s:s?}}", "error", "message", msg, "type", type, "param",
+                        "code", code);
+    } else {
+        obj = json_pack("{s:s}", "error", msg);
+    }
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    return s;
+}
+
 enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const char *content_type,
                                    const char *body, size_t len, const char *header,
                                    const char *value)
 {
+    char *closed = NULL;
+    /* The audit record first: an answer the log does not hold is never sent. */
+    if (guard_audit_request(rq, status, len) != INF_OK) {
+        status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        closed = error_body(rq, status,
+                            "the audit log cannot be written: the request was not "
+                            "carried out; retry later");
+        static const char fallback[] = "{\"error\":\"audit log unavailable\"}";
+        body = closed ? closed : fallback;
+        len = strlen(body);
+        content_type = "application/json";
+        header = NULL;
+    }
     struct MHD_Response *r =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    free(closed);
     if (r == NULL)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(r, "X-Request-Id", rq->id);
     if (header != NULL)
         MHD_add_response_header(r, header, value);
-    if (status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_TOO_MANY_REQUESTS)
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == MHD_HTTP_TOO_MANY_REQUESTS)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER,
+                                rq->retry_after ? rq->retry_after : "1");
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                rq->deny_reason != NULL && strcmp(rq->deny_reason, "missing") != 0
+                                    ? "Bearer realm=\"infera\", error=\"invalid_token\""
+                                    : "Bearer realm=\"infera\"");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {
         char allow[64] = "";
         for (size_t i = 0; i < N_ROUTES; i++)
@@ -156,7 +209,17 @@ enum MHD_Result http_respond_error(struct request *rq, unsigned status, const ch
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     utf8_sanitize(msg);
-    return http_respond_json(rq, status, json_pack("{s:s}", "error", msg));
+    if (rq->reason == NULL)
+        rq->reason = strdup(msg); /* for the audit record; masked there */
+    char *body = error_body(rq, status, msg);
+    if (body == NULL) {
+        static const char oom[] = "{\"error\":\"out of memory\"}";
+        return http_respond(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", oom,
+                            sizeof oom - 1);
+    }
+    enum MHD_Result res = http_respond(rq, status, "application/json", body, strlen(body));
+    free(body);
+    return res;
 }
 
 unsigned http_status_of(int status)
@@ -213,6 +276,7 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
     rq->srv = srv;
     rq->conn = conn;
     rq->method = method;
+    rq->openai = strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/v1") == 0;
     clock_gettime(CLOCK_MONOTONIC, &rq->start);
     const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (cid != NULL && request_id_ok(cid))
@@ -258,6 +322,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (strcmp(rq->route->method, m) != 0)
             return http_respond_error(rq, MHD_HTTP_METHOD_NOT_ALLOWED, "%s is not allowed on %s",
                                       method, rq->route->pattern);
+        enum MHD_Result res;
+        if (!guard_check(rq, &res))
+            return res;
         const char *ct =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (rq->route->has_body && !content_type_ok(ct))
@@ -367,6 +434,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                 rq->id, method, route, registry_name_valid(rq->params[0]) ? rq->params[0] : "-",
                 status, secs * 1e3, rq->body_len, rq->bytes_out,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    guard_release(rq);
+    free(rq->reason);
     free(rq->body);
     free(rq);
     *con_cls = NULL;
@@ -441,16 +510,41 @@ static int parse_listen(const char *spec, struct sockaddr_storage *addr, bool *v
     return INF_OK;
 }
 
+/* TLS 1.2 and 1.3 only, GnuTLS's NORMAL cipher suites otherwise: pinned here, not taken from
+ * the system's default policy. */
+static const char tls_priorities[] =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE";
+
 int http_start(struct server *srv, struct err *e)
 {
     struct sockaddr_storage addr;
     bool v6 = false;
+    char *cert = NULL, *key = NULL;
+    size_t cert_len = 0, key_len = 0;
     int rc = parse_listen(srv->opt.listen, &addr, &v6, e);
     if (rc)
         return rc;
+    bool tls = srv->opt.tls_cert[0] || srv->opt.tls_key[0];
+    if (tls && !(srv->opt.tls_cert[0] && srv->opt.tls_key[0]))
+        return err_set(e, INF_EINVAL, "--tls-cert and --tls-key go together");
+    if (tls) {
+        if ((rc = fs_read_file(srv->opt.tls_cert, 1 << 20, &cert, &cert_len, e)) != INF_OK ||
+            (rc = fs_read_file(srv->opt.tls_key, 1 << 20, &key, &key_len, e)) != INF_OK) {
+            err_prefix(e, "TLS");
+            goto out;
+        }
+    }
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (v6)
         flags |= MHD_USE_IPv6;
+    if (tls)
+        flags |= MHD_USE_TLS;
+    struct MHD_OptionItem tls_opts[] = {
+        {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, key},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities},
+        {MHD_OPTION_END, 0, NULL},
+    };
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
@@ -458,13 +552,25 @@ int http_start(struct server *srv, struct err *e)
         MHD_OPTION_CONNECTION_LIMIT, srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         srv->opt.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
-    if (srv->daemon == NULL)
-        return err_set(e, INF_EIO, "cannot listen on %s (address in use or not permitted?)",
-                       srv->opt.listen);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+    if (srv->daemon == NULL) {
+        rc = err_set(e, INF_EIO,
+                     tls ? "cannot start HTTPS on %s (address in use, or the certificate and key "
+                           "are not a matching PEM pair?)"
+                         : "cannot listen on %s (address in use or not permitted?)",
+                     srv->opt.listen);
+        goto out;
+    }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : 0;
-    return INF_OK;
+    rc = INF_OK;
+out:
+    /* GnuTLS holds its own parsed copy from here on: wipe ours. */
+    if (key != NULL)
+        OPENSSL_cleanse(key, key_len);
+    free(key);
+    free(cert);
+    return rc;
 }
 
 void http_stop(struct server *srv)

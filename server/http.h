@@ -21,6 +21,7 @@
 
 #include <microhttpd.h>
 
+#include "guard.h"
 #include "oip.h"
 #include "registry.h"
 
@@ -43,6 +44,13 @@ struct server_options {
     double drain_delay_s;
     double drain_timeout_s;
     bool access_log;
+    bool auth;           /* API keys on protected routes */
+    bool audit;          /* the audit log */
+    bool metrics_public; /* /metrics without a key */
+    char tls_cert[4096]; /* PEM files; both set: HTTPS only */
+    char tls_key[4096];
+    char master_key_file[4096]; /* default: <data-dir>/master.key */
+    size_t audit_segment_bytes;
     struct oip_limits limits;
 };
 
@@ -50,6 +58,7 @@ struct server {
     struct server_options opt;
     struct registry *registry;
     struct metrics *metrics;
+    struct guard guard;
     struct MHD_Daemon *daemon;
     uint16_t port;
     atomic_bool ready; /* started, initial scan done, not draining */
@@ -63,11 +72,22 @@ struct server {
 struct request;
 typedef enum MHD_Result (*route_fn)(struct request *rq);
 
+/* Who may call a route: ROUTE_OPEN needs no key; otherwise a key with the scope (admin implies
+ * infer and train). ROUTE_METRICS is admin unless --metrics-public. */
+enum route_access {
+    ROUTE_OPEN = 0,
+    ROUTE_INFER = AUTH_SCOPE_INFER,
+    ROUTE_TRAIN = AUTH_SCOPE_TRAIN,
+    ROUTE_ADMIN = AUTH_SCOPE_ADMIN,
+    ROUTE_METRICS = 1u << 8,
+};
+
 struct route {
     const char *method;
     const char *pattern; /* "/v2/models/{m}/versions/{v}/infer": {x} captures one segment */
     route_fn handler;
-    bool has_body; /* reads a JSON body */
+    bool has_body;   /* reads a JSON body */
+    unsigned access; /* enum route_access */
 };
 
 /* One request, from its first callback to completion (MHD's con_cls). */
@@ -86,6 +106,16 @@ struct request {
     char id[72]; /* X-Request-Id: the client's if well-formed, else generated */
     int status;
     size_t bytes_out;
+    int model_version;           /* the model version that answered, or 0 */
+    bool openai;                 /* a /v1/ URL: errors in OpenAI's shape */
+    bool authenticated;          /* the key passed guard_check() */
+    bool holds_slot;             /* a limiter slot to release */
+    struct principal principal;  /* valid when authenticated */
+    char key_id[KEY_ID_LEN + 1]; /* the claimed key id (also when denied), or "" */
+    const char *deny_reason;     /* static: "missing", "scope", "rate", ... for the audit */
+    char *reason;                /* an error answer's message (masked at audit time), or NULL */
+    const char *retry_after;     /* a 429's Retry-After value (static or rq->retry_buf) */
+    char retry_buf[16];
 };
 
 /* Starts and stops the daemon (http.c). */
@@ -121,5 +151,11 @@ enum MHD_Result handle_repo_index(struct request *rq);
 enum MHD_Result handle_repo_load(struct request *rq);
 enum MHD_Result handle_repo_unload(struct request *rq);
 enum MHD_Result handle_metrics(struct request *rq);
+
+/* The key management endpoints (keys_api.c). */
+enum MHD_Result handle_keys_create(struct request *rq);
+enum MHD_Result handle_keys_list(struct request *rq);
+enum MHD_Result handle_keys_get(struct request *rq);
+enum MHD_Result handle_keys_revoke(struct request *rq);
 
 #endif /* INFERA_SERVER_HTTP_H */

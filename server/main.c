@@ -16,6 +16,8 @@ static const char usage[] =
     "  predict   run an Open Inference Protocol v2 request (stdin) through a model directory\n"
     "  train     train a model directory on a JSONL file and write a servable model\n"
     "  eval      loss and accuracy of a model directory on a JSONL file\n"
+    "  keys      create, list and revoke API keys of a data directory\n"
+    "  audit     verify the audit log of a data directory\n"
     "  version   print the version\n"
     "Run `infera <command> --help` for the options of a command.\n";
 
@@ -40,6 +42,10 @@ int main(int argc, char **argv)
         return cli_train(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0)
         return cli_eval(argc - 2, argv + 2);
+    if (strcmp(cmd, "keys") == 0)
+        return cli_keys(argc - 2, argv + 2);
+    if (strcmp(cmd, "audit") == 0)
+        return cli_audit(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("infera %s\n", INFERA_VERSION);
         return 0;

@@ -55,6 +55,16 @@ static const struct opt_def opt_defs[] = {
     {"drain-timeout", OPT_SECONDS, OFF(drain_timeout_s), 0, 0, 3600,
      "seconds in-flight requests get to finish"},
     {"access-log", OPT_BOOL, OFF(access_log), 0, 0, 1, "one log line per request (1/0)"},
+    {"auth", OPT_BOOL, OFF(auth), 0, 0, 1,
+     "API keys required on every route but health (1/0; 0 only on a trusted network)"},
+    {"audit", OPT_BOOL, OFF(audit), 0, 0, 1, "the tamper-evident audit log in <data-dir>/audit"},
+    {"audit-segment-bytes", OPT_SIZE, OFF(audit_segment_bytes), 0, 4096, 1099511627776.0,
+     "audit segment size before rotation"},
+    {"metrics-public", OPT_BOOL, OFF(metrics_public), 0, 0, 1, "/metrics without an admin key"},
+    {"tls-cert", OPT_STR, OFF(tls_cert), 4096, 0, 0, "PEM certificate chain: serve HTTPS"},
+    {"tls-key", OPT_STR, OFF(tls_key), 4096, 0, 0, "PEM private key of --tls-cert"},
+    {"master-key-file", OPT_STR, OFF(master_key_file), 4096, 0, 0,
+     "master key file (default <data-dir>/master.key; or INFERA_MASTER_KEY, 64 hex digits)"},
 };
 #define N_OPTS (sizeof opt_defs / sizeof opt_defs[0])
 
@@ -80,6 +90,9 @@ static void options_default(struct server_options *o)
     o->drain_delay_s = 2;
     o->drain_timeout_s = 30;
     o->access_log = true;
+    o->auth = true;
+    o->audit = true;
+    o->audit_segment_bytes = (size_t)64 << 20;
     o->limits = oip_limits_default();
 }
 
@@ -256,8 +269,13 @@ int cli_serve(int argc, char **argv)
         metrics_free(srv.metrics);
         return 1;
     }
-    if (srv.opt.data_dir[0] && fs_mkdir_p(srv.opt.data_dir, 0700, &e) != INF_OK) {
-        log_msg(LOG_ERROR, "data dir: %s", e.msg);
+    if (!srv.opt.data_dir[0]) {
+        log_msg(LOG_ERROR, "--data-dir is required: it holds the master key, API keys and the "
+                           "audit log");
+        goto fail;
+    }
+    if (guard_open(&srv.guard, &srv.opt, &e) != INF_OK) {
+        log_msg(LOG_ERROR, "%s", e.msg);
         goto fail;
     }
     /* Listen first so probes get answers (live 200, ready 503) while models load. */
@@ -265,8 +283,12 @@ int cli_serve(int argc, char **argv)
         log_msg(LOG_ERROR, "%s", e.msg);
         goto fail;
     }
-    log_msg(LOG_INFO, "infera %s listening on %s (port %u), %u HTTP threads", INFERA_VERSION,
-            srv.opt.listen, srv.port, srv.opt.http_threads);
+    log_msg(LOG_INFO, "infera %s listening on %s (port %u, %s), %u HTTP threads", INFERA_VERSION,
+            srv.opt.listen, srv.port, srv.opt.tls_cert[0] ? "https" : "http", srv.opt.http_threads);
+    json_t *ev = json_pack("{s:s,s:s,s:b,s:b}", "version", INFERA_VERSION, "listen", srv.opt.listen,
+                           "tls", srv.opt.tls_cert[0] != 0, "auth", srv.opt.auth);
+    guard_event(&srv, NULL, "server.started", ev);
+    json_decref(ev);
     int failures = registry_scan(srv.registry);
     size_t loaded, failed;
     registry_counts(srv.registry, &loaded, &failed);
@@ -287,11 +309,14 @@ int cli_serve(int argc, char **argv)
     }
     drain(&srv, &set);
     registry_free(srv.registry);
+    guard_event(&srv, NULL, "server.stopped", NULL);
+    guard_close(&srv.guard);
     metrics_free(srv.metrics);
     return 0;
 fail:
     http_stop(&srv);
     registry_free(srv.registry);
+    guard_close(&srv.guard);
     metrics_free(srv.metrics);
     return 1;
 }

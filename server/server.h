@@ -21,4 +21,10 @@ int cli_train(int argc, char **argv);
 /* infera eval --model DIR --data FILE: prints {"samples", "loss", "accuracy"} */
 int cli_eval(int argc, char **argv);
 
+/* infera keys create|list|revoke: API keys of a data directory (server/cli_admin.c) */
+int cli_keys(int argc, char **argv);
+
+/* infera audit verify: checks the audit log's chain (server/cli_admin.c) */
+int cli_audit(int argc, char **argv);
+
 #endif /* INFERA_SERVER_H */

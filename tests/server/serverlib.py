@@ -35,6 +35,7 @@ class Server:
         self.proc = None
         self.port = None
         self.log_path = os.path.join(self.tmp, "server.log")
+        self.token = None  # the admin key made at first start (data/admin.key)
 
     def start(self, wait_ready=True):
         cmd = WRAPPER + [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
@@ -46,7 +47,7 @@ class Server:
                                      env=self.env)
         deadline = time.time() + 30 * SLOW
         while time.time() < deadline:
-            m = re.search(r"\(port (\d+)\)", self.read_log())
+            m = re.search(r"\(port (\d+)", self.read_log())
             if m:
                 self.port = int(m.group(1))
                 break
@@ -56,6 +57,10 @@ class Server:
             time.sleep(0.02)
         else:
             raise AssertionError("server did not start:\n" + self.read_log())
+        key_file = os.path.join(self.data_dir, "admin.key")
+        if os.path.exists(key_file):
+            with open(key_file) as f:
+                self.token = f.read().strip()
         if wait_ready:
             while time.time() < deadline:
                 if self.get("/v2/health/ready")[0] == 200:
@@ -68,10 +73,23 @@ class Server:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def request(self, method, path, body=None, headers=None, timeout=60 * SLOW, raw=False):
-        """Returns (status, parsed JSON or text, headers dict)."""
+    def auth_line(self):
+        """The admin key as a raw header line, for hand-made requests."""
+        return b"Authorization: Bearer %s\r\n" % self.token.encode() if self.token else b""
+
+    def request(self, method, path, body=None, headers=None, timeout=60 * SLOW, raw=False,
+                key=True):
+        """Returns (status, parsed JSON or text, headers dict). Sends the admin key unless
+        key is False, another key is given (key="ifr_..."), or headers hold Authorization
+        (None there: send none)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         hdrs = dict(headers or {})
+        if "Authorization" not in hdrs:
+            tok = key if isinstance(key, str) else (self.token if key else None)
+            if tok:
+                hdrs["Authorization"] = "Bearer " + tok
+        elif hdrs["Authorization"] is None:
+            del hdrs["Authorization"]
         if body is not None and not isinstance(body, (bytes, str)):
             body = json.dumps(body)
             hdrs.setdefault("Content-Type", "application/json")

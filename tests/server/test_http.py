@@ -507,8 +507,12 @@ def test_not_found():
     expect_error(srv, "GET", "/v2/models/digits/versions/9", None, 404, "version 9")
     expect_error(srv, "POST", "/v2/models/digits/versions/0/infer", req, 400, "version")
     expect_error(srv, "POST", "/v2/models/digits/versions/x/infer", req, 400, "version")
-    for path in ("/v2/nope", "/v3", "/", "/v2/models/digits/infer/extra", "/v1/models"):
+    for path in ("/v2/nope", "/v3", "/", "/v2/models/digits/infer/extra"):
         expect_error(srv, "GET", path, None, 404, "no route")
+    # Under /v1/ errors take OpenAI's shape, which its SDKs parse.
+    st, out, _ = call(srv, "GET", "/v1/models")
+    assert st == 404 and "no route" in out["error"]["message"], out
+    assert out["error"]["type"] == "invalid_request_error" and out["error"]["code"] == "not_found"
     expect_error(srv, "POST", "/v2/models/digits/predict", req, 404, "no route")
 
 
@@ -556,7 +560,7 @@ def test_body_over_limit_413_content_length():
 
 def test_body_over_limit_413_chunked():
     srv = limited_server()
-    head = (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n"
+    head = (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n" + srv.auth_line() +
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     res = raw_http(srv.port, head + chunked(b"y" * 5000))
     assert res is not None, "no answer to a chunked body over the limit"
@@ -743,7 +747,8 @@ def test_error_messages_echoing_non_utf8_client_text_are_4xx():
         if got != status or not isinstance(out, dict) or needle not in out.get("error", ""):
             problems.append("%s %s -> %d %r (expected %d naming %s)"
                             % (method, path, got, out, status, needle))
-    res = raw_http(srv.port, b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n"
+    res = raw_http(srv.port, b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n" +
+                   srv.auth_line() +
                    b"Connection: close\r\nContent-Type: text/\xc3\xa9\xff\r\n"
                    b"Content-Length: 2\r\n\r\n{}")
     if res is None or res[0] != 415:

@@ -209,7 +209,8 @@ def binary_post(s, path, header, payload):
     hdr = json.dumps(header).encode()
     conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60 * SLOW)
     conn.request("POST", path, hdr + payload, {"Inference-Header-Content-Length": str(len(hdr)),
-                                               "Content-Type": "application/octet-stream"})
+                                               "Content-Type": "application/octet-stream",
+                                               "Authorization": "Bearer " + s.token})
     r = conn.getresponse()
     data = r.read()
     conn.close()

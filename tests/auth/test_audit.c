@@ -1,0 +1,1119 @@
+/*
+ * tests/auth/test_audit.c - the tamper-evident, durable audit log.
+ *
+ *   basics       records of every value type verify; files are 0600 in a 0700 directory;
+ *                non-ASCII text is written as \uXXXX and round-trips; bad records are refused.
+ *   concurrency  8 threads append at once: seqs unique and contiguous, fewer fsyncs than
+ *                records (group commit), the chain verifies.
+ *   segments     a tiny segment_bytes makes many segments, each opening with segment_start;
+ *                reopening continues the seq and the chain.
+ *   tampering    every kind of edit is found, with a message naming file, line and what:
+ *                an edited value byte, an edited key byte, a deleted, inserted (copied) or
+ *                swapped line, a non-canonical rewrite, removed first / middle segments,
+ *                renamed segments, joined segments, a torn tail.
+ *   torn tails   a partial last line, an unparsable last line, a torn or empty new segment are
+ *                cut at open and recorded with audit.tail_truncated; an edited complete last
+ *                line makes audit_open refuse.
+ *   failures     the audit directory moved away and replaced by a file: INF_EIO and unhealthy,
+ *                then healthy again (by itself, without appends) once the directory is back;
+ *                a new empty directory continues with a new segment.
+ *   crashes      a child appending from 4 threads is SIGKILLed at random moments (from inside
+ *                audit_open's recovery to mid-append); half the time the bytes after the last
+ *                acknowledged record are then cut at a random offset, as a power cut may lose
+ *                unsynced data. Each time the log reopens, verifies, and holds every record the
+ *                child was told was durable, with the seq it was told.
+ *   write errors a write cut short by RLIMIT_FSIZE (as by a full disk) is truncated away and the
+ *                chain continues from the last durable record.
+ */
+#include "tests/test.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth/audit.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------------------------- */
+
+static const uint8_t KEY[AUDIT_KEY_BYTES] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,
+                                             12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                             23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+
+static char scratch[256];
+
+static void die(const char *what)
+{
+    fprintf(stderr, "test setup failed: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static void path_of(char *out, size_t cap, const char *dir, const char *name)
+{
+    if ((size_t)snprintf(out, cap, "%s/%s", dir, name) >= cap)
+        die("path too long");
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(const char *path)
+{
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A fresh empty directory scratch/name; returns its path in out. */
+static void fresh_dir(char *out, size_t cap, const char *name)
+{
+    path_of(out, cap, scratch, name);
+    rm_rf(out);
+    if (mkdir(out, 0700) != 0)
+        die(out);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    char *data = NULL;
+    size_t n = 0;
+    struct err e = {0};
+    if (fs_read_file(path, (size_t)1 << 30, &data, &n, &e) != INF_OK)
+        return NULL;
+    if (len != NULL)
+        *len = n;
+    return data;
+}
+
+static void spit(const char *path, const char *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || write(fd, data, len) != (ssize_t)len || close(fd) != 0)
+        die(path);
+}
+
+static void append_bytes(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_APPEND);
+    if (fd < 0 || write(fd, data, strlen(data)) != (ssize_t)strlen(data) || close(fd) != 0)
+        die(path);
+}
+
+static void seg_path(char *out, size_t cap, const char *dir, unsigned num)
+{
+    char name[64];
+    snprintf(name, sizeof name, "audit-%06u.jsonl", num);
+    path_of(out, cap, dir, name);
+}
+
+/* Copies the regular files of src into a fresh scratch/name. */
+static void copy_dir(const char *src, char *out, size_t cap, const char *name)
+{
+    fresh_dir(out, cap, name);
+    DIR *d = opendir(src);
+    if (d == NULL)
+        die(src);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char from[512], to[512];
+        size_t len;
+        path_of(from, sizeof from, src, de->d_name);
+        path_of(to, sizeof to, out, de->d_name);
+        char *data = slurp(from, &len);
+        if (data == NULL)
+            die(from);
+        spit(to, data, len);
+        free(data);
+    }
+    closedir(d);
+}
+
+/* The lines of a file (each with its '\n'), at most 4096. */
+struct lines {
+    char *v[4096];
+    size_t n;
+};
+
+static void lines_read(const char *path, struct lines *l)
+{
+    size_t len;
+    char *data = slurp(path, &len);
+    if (data == NULL)
+        die(path);
+    l->n = 0;
+    for (size_t i = 0; i < len && l->n < 4096;) {
+        size_t j = i;
+        while (j < len && data[j] != '\n')
+            j++;
+        size_t n = j < len ? j - i + 1 : j - i;
+        l->v[l->n] = calloc(1, n + 1);
+        memcpy(l->v[l->n++], data + i, n);
+        i += n;
+    }
+    free(data);
+}
+
+static void lines_write(const char *path, const struct lines *l)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        die(path);
+    for (size_t i = 0; i < l->n; i++)
+        if (write(fd, l->v[i], strlen(l->v[i])) != (ssize_t)strlen(l->v[i]))
+            die(path);
+    close(fd);
+}
+
+static void lines_free(struct lines *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    l->n = 0;
+}
+
+static json_t *request_record(int i)
+{
+    json_t *r = json_object();
+    json_object_set_new(r, "event", json_string("http.request"));
+    json_object_set_new(r, "request_id", json_sprintf("req-%06d", i));
+    json_object_set_new(r, "key_id", i % 3 ? json_string("k1") : json_null());
+    json_object_set_new(r, "client", json_string("127.0.0.1"));
+    json_object_set_new(r, "method", json_string(i % 2 ? "POST" : "GET"));
+    json_object_set_new(r, "route", json_string("/v2/models/{m}/infer"));
+    json_object_set_new(r, "status", json_integer(200));
+    json_object_set_new(r, "outcome", json_string("ok"));
+    json_object_set_new(r, "latency_ms", json_real(1.25 + i));
+    json_object_set_new(r, "bytes_in", json_integer(100 + i));
+    json_object_set_new(r, "ok", json_true());
+    return r;
+}
+
+static int append_n(struct audit_log *log, int from, int n)
+{
+    int fails = 0;
+    for (int i = from; i < from + n; i++) {
+        json_t *r = request_record(i);
+        struct err e = {0};
+        if (audit_append(log, r, NULL, &e) != INF_OK) {
+            fprintf(stderr, "append %d: %s\n", i, e.msg);
+            fails++;
+        }
+        json_decref(r);
+    }
+    return fails;
+}
+
+static int verify_ok(const char *dir, struct audit_verify_report *rep)
+{
+    struct err e = {0};
+    int rc = audit_verify(dir, KEY, rep, &e);
+    if (rc != INF_OK)
+        fprintf(stderr, "verify %s: %s\n", dir, e.msg);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Basics
+ * ---------------------------------------------------------------------------------------- */
+
+static void test_basics(void)
+{
+    char dir[256], p[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    path_of(dir, sizeof dir, scratch, "basics/audit"); /* parents are created */
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    uint64_t seq = 0;
+    json_t *r = request_record(7);
+    CHECK(audit_append(log, r, &seq, &e) == INF_OK);
+    CHECK(seq == 2); /* seq 1 is the segment_start */
+    CHECK(json_object_size(r) == 11 && json_object_get(r, "seq") == NULL); /* not modified */
+    json_decref(r);
+    CHECK(audit_healthy(log));
+    CHECK(append_n(log, 0, 20) == 0);
+
+    /* Non-ASCII text is escaped, so lines are ASCII, and it round-trips through verify. */
+    r = json_pack("{s:s, s:s, s:f, s:I}", "event", "model.loaded", "name",
+                  "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80 \"q\" \\ / \t", "x", -0.1, "big",
+                  (json_int_t)9007199254740993LL);
+    CHECK(audit_append(log, r, &seq, &e) == INF_OK);
+    CHECK(seq == 23);
+    json_decref(r);
+    struct audit_stats st;
+    audit_stats_get(log, &st);
+    CHECK(st.records == 23 && st.last_seq == 23 && st.failures == 0);
+    CHECK(st.fsyncs >= 1 && st.fsyncs <= 23 && st.fsync_seconds_total >= 0);
+    audit_close(log);
+
+    seg_path(p, sizeof p, dir, 1);
+    size_t len;
+    char *data = slurp(p, &len);
+    CHECK(data != NULL);
+    if (data != NULL) {
+        bool ascii = true;
+        for (size_t i = 0; i < len; i++)
+            ascii = ascii && (unsigned char)data[i] < 0x80;
+        CHECK(ascii);
+        CHECK(strstr(data, "caf\\u00e9") != NULL || strstr(data, "caf\\u00E9") != NULL);
+        CHECK(strstr(data, "\"event\":\"audit.segment_start\"") != NULL);
+        CHECK(strstr(data, "\"prev_seq\":0,") != NULL);
+        CHECK(data[len - 1] == '\n');
+        /* The first line is canonical, has ts with milliseconds and UTC, and a 64-hex mac. */
+        char *nl = strchr(data, '\n');
+        json_t *first = json_loadb(data, (size_t)(nl - data), 0, NULL);
+        CHECK(first != NULL);
+        const char *ts = json_string_value(json_object_get(first, "ts"));
+        CHECK(ts != NULL && strlen(ts) == 24 && ts[10] == 'T' && ts[19] == '.' && ts[23] == 'Z');
+        const char *mac = json_string_value(json_object_get(first, "mac"));
+        CHECK(mac != NULL && strlen(mac) == 64 && strspn(mac, "0123456789abcdef") == 64);
+        json_decref(first);
+    }
+    free(data);
+    struct stat sb;
+    CHECK(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+    CHECK(stat(dir, &sb) == 0 && (sb.st_mode & 0777) == 0700);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.segments == 1 && rep.records == 23 && rep.last_seq == 23 && rep.first_bad[0] == 0);
+
+    /* Missing directory and an empty one. */
+    err_clear(&e);
+    path_of(p, sizeof p, scratch, "no-such-dir");
+    CHECK(audit_verify(p, KEY, NULL, &e) == INF_ENOTFOUND);
+    fresh_dir(p, sizeof p, "empty");
+    err_clear(&e);
+    CHECK(audit_verify(p, KEY, &rep, &e) == INF_EINVAL);
+    CHECK_ERR_HAS(&e, "missing first segment");
+    /* A wrong key fails at the first record. */
+    uint8_t other[AUDIT_KEY_BYTES] = {0};
+    err_clear(&e);
+    CHECK(audit_verify(dir, other, &rep, &e) == INF_EINVAL);
+    CHECK_ERR_HAS(&e, "audit-000001.jsonl line 1 (seq 1): bad mac");
+}
+
+static void test_bad_records(void)
+{
+    char dir[256];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    fresh_dir(dir, sizeof dir, "bad");
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    const char *bad[] = {
+        "[1, 2]",
+        "{\"a\": {\"b\": 1}}",
+        "{\"a\": [1]}",
+        "{\"ts\": \"now\"}",
+        "{\"seq\": 5}",
+        "{\"mac\": \"00\"}",
+        "{\"\": 1}",
+        "{\"a b\": 1}",
+        "{\"x\\\"mac\": \"v\"}",
+        "{\"caf\\u00e9\": 1}",
+        "{\"event\": \"audit.segment_start\"}",
+        "{\"event\": \"audit.tail_truncated\", \"segment\": 1}",
+        "{\"a\": \"nul\\u0000inside\"}",
+        "{\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\": 1}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *r = json_loads(bad[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        CHECK_MSG(r != NULL, "%s", bad[i]);
+        err_clear(&e);
+        int rc = audit_append(log, r, NULL, &e);
+        CHECK_MSG(rc == INF_EINVAL, "%s: rc %d (%s)", bad[i], rc, e.msg);
+        json_decref(r);
+    }
+    err_clear(&e);
+    CHECK(audit_append(log, NULL, NULL, &e) == INF_EINVAL);
+    /* A record too long for a line fails alone, with INF_ELIMIT. */
+    char *huge = malloc(AUDIT_LINE_MAX);
+    memset(huge, 'x', AUDIT_LINE_MAX - 1);
+    huge[AUDIT_LINE_MAX - 1] = '\0';
+    json_t *r = json_pack("{s:s}", "note", huge);
+    err_clear(&e);
+    CHECK(audit_append(log, r, NULL, &e) == INF_ELIMIT);
+    json_decref(r);
+    free(huge);
+    uint64_t seq = 0;
+    r = json_pack("{s:s, s:s}", "event", "key.created", "key-id.v2", "k_1");
+    err_clear(&e);
+    CHECK(audit_append(log, r, &seq, &e) == INF_OK);
+    CHECK(seq == 2); /* nothing refused took a seq */
+    json_decref(r);
+    CHECK(audit_healthy(log));
+    audit_close(log);
+    CHECK(verify_ok(dir, NULL) == INF_OK);
+    /* A second open of a directory in use is refused. */
+    struct audit_log *a = NULL, *b = NULL;
+    err_clear(&e);
+    CHECK(audit_open(dir, KEY, NULL, &a, &e) == INF_OK);
+    err_clear(&e);
+    CHECK(audit_open(dir, KEY, NULL, &b, &e) == INF_EIO);
+    CHECK_ERR_HAS(&e, "open in another process");
+    audit_close(a);
+    audit_close(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Concurrency and segments
+ * ---------------------------------------------------------------------------------------- */
+
+struct worker {
+    struct audit_log *log;
+    int id, n, fails;
+    uint64_t *seqs;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    for (int i = 0; i < w->n; i++) {
+        json_t *r = request_record(w->id * 100000 + i);
+        struct err e = {0};
+        if (audit_append(w->log, r, &w->seqs[i], &e) != INF_OK)
+            w->fails++;
+        json_decref(r);
+    }
+    return NULL;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_concurrent(void)
+{
+    enum { THREADS = 8 };
+    int per = test_quick() ? 100 : 500;
+    char dir[256];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    fresh_dir(dir, sizeof dir, "concurrent");
+    struct audit_options opt = {.segment_bytes = 256 << 10, .max_batch = 64};
+    CHECK(audit_open(dir, KEY, &opt, &log, &e) == INF_OK);
+    uint64_t *seqs = calloc((size_t)THREADS * per, sizeof *seqs);
+    struct worker w[THREADS];
+    pthread_t th[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        w[t] = (struct worker){.log = log, .id = t, .n = per, .seqs = seqs + (size_t)t * per};
+        pthread_create(&th[t], NULL, worker_main, &w[t]);
+    }
+    int fails = 0;
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        fails += w[t].fails;
+    }
+    CHECK(fails == 0);
+    size_t total = (size_t)THREADS * per;
+    qsort(seqs, total, sizeof *seqs, u64_cmp);
+    size_t in_order = 0;
+    for (size_t i = 1; i < total; i++)
+        in_order += seqs[i] > seqs[i - 1];
+    CHECK(in_order == total - 1); /* unique */
+    struct audit_stats st;
+    audit_stats_get(log, &st);
+    /* Seqs are contiguous apart from segment_start records (one per segment). */
+    CHECK(seqs[0] == 2 && st.last_seq >= seqs[total - 1] && st.last_seq - total < 64);
+    CHECK(st.records == st.last_seq);
+    CHECK_MSG(st.fsyncs < st.records, "fsyncs %llu records %llu", (unsigned long long)st.fsyncs,
+              (unsigned long long)st.records);
+    fprintf(stderr, "  %zu records from %d threads in %llu fsyncs\n", total, THREADS,
+            (unsigned long long)st.fsyncs);
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.last_seq == st.last_seq && rep.records == st.records);
+    free(seqs);
+}
+
+static void test_segments(void)
+{
+    char dir[256], p[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    fresh_dir(dir, sizeof dir, "segments");
+    struct audit_options opt = {.segment_bytes = 2048};
+    CHECK(audit_open(dir, KEY, &opt, &log, &e) == INF_OK);
+    CHECK(append_n(log, 0, 60) == 0);
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.segments >= 5);
+    uint64_t first_last = rep.last_seq;
+    for (unsigned s = 1; s <= rep.segments; s++) {
+        struct lines l;
+        seg_path(p, sizeof p, dir, s);
+        lines_read(p, &l);
+        CHECK(l.n > 0 && strstr(l.v[0], "\"event\":\"audit.segment_start\"") != NULL);
+        char want[64];
+        snprintf(want, sizeof want, "\"segment\":%u,", s);
+        CHECK(l.n > 0 && strstr(l.v[0], want) != NULL);
+        for (size_t i = 1; i < l.n; i++)
+            CHECK(strstr(l.v[i], "audit.segment_start") == NULL);
+        lines_free(&l);
+    }
+    /* Reopen continues seq and chain, in the last segment or a new one. */
+    err_clear(&e);
+    CHECK(audit_open(dir, KEY, &opt, &log, &e) == INF_OK);
+    uint64_t seq = 0;
+    json_t *r = request_record(1000);
+    CHECK(audit_append(log, r, &seq, &e) == INF_OK);
+    json_decref(r);
+    CHECK(seq == first_last + 1 || seq == first_last + 2);
+    CHECK(append_n(log, 1001, 30) == 0);
+    audit_close(log);
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.last_seq > seq + 29);
+    /* Reopening an unrotated log continues the same segment with no extra record. */
+    fresh_dir(dir, sizeof dir, "reopen");
+    err_clear(&e);
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    CHECK(append_n(log, 0, 5) == 0);
+    audit_close(log);
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    r = request_record(5);
+    CHECK(audit_append(log, r, &seq, &e) == INF_OK);
+    json_decref(r);
+    CHECK(seq == 7);
+    audit_close(log);
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.segments == 1 && rep.records == 7);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Tampering
+ * ---------------------------------------------------------------------------------------- */
+
+/* Verifies dir, which must fail with a message containing each needle. */
+static void check_caught(const char *dir, const char *what, const char *n1, const char *n2)
+{
+    struct err e = {0};
+    struct audit_verify_report rep;
+    int rc = audit_verify(dir, KEY, &rep, &e);
+    CHECK_MSG(rc == INF_EINVAL, "%s: not caught (rc %d)", what, rc);
+    CHECK_MSG(strstr(e.msg, n1) != NULL, "%s: \"%s\" lacks \"%s\"", what, e.msg, n1);
+    CHECK_MSG(n2 == NULL || strstr(e.msg, n2) != NULL, "%s: \"%s\" lacks \"%s\"", what, e.msg, n2);
+    CHECK(strcmp(rep.first_bad, e.msg) == 0);
+}
+
+static void test_tampering(void)
+{
+    char base[256], dir[256], p[512], q[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    struct lines l;
+    fresh_dir(base, sizeof base, "tamper-base");
+    struct audit_options opt = {.segment_bytes = 2500};
+    CHECK(audit_open(base, KEY, &opt, &log, &e) == INF_OK);
+    CHECK(append_n(log, 0, 40) == 0);
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(base, &rep) == INF_OK);
+    CHECK(rep.segments >= 4);
+    unsigned last = (unsigned)rep.segments;
+
+    /* An edited byte in a value: GET -> GEX. */
+    copy_dir(base, dir, sizeof dir, "t-value");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    char *m = strstr(l.v[2], "\"method\":\"") + 10;
+    m[2] = m[2] == 'T' ? 'X' : 'Y';
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "value edit", "audit-000002.jsonl line 3 (seq ", "bad mac");
+
+    /* An edited byte in a key (order kept, so still canonical). */
+    copy_dir(base, dir, sizeof dir, "t-key");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    memcpy(strstr(l.v[2], "\"route\":"), "\"routf\":", 8);
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "key edit", "audit-000002.jsonl line 3 (seq ", "bad mac");
+
+    /* A deleted line. */
+    copy_dir(base, dir, sizeof dir, "t-delete");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    free(l.v[2]);
+    memmove(&l.v[2], &l.v[3], (l.n - 3) * sizeof l.v[0]);
+    l.n--;
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "delete", "audit-000002.jsonl line 3", "seq jumps");
+
+    /* An inserted copy of an earlier line. */
+    copy_dir(base, dir, sizeof dir, "t-insert");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    char *dup = strdup(l.v[1]);
+    memmove(&l.v[4], &l.v[3], (l.n - 3) * sizeof l.v[0]);
+    l.v[3] = dup;
+    l.n++;
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "insert", "audit-000002.jsonl line 4", "inserted, copied or reordered");
+
+    /* Two lines swapped. */
+    copy_dir(base, dir, sizeof dir, "t-swap");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    char *t = l.v[2];
+    l.v[2] = l.v[3];
+    l.v[3] = t;
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "swap", "audit-000002.jsonl line 3", "deleted or reordered");
+
+    /* The same JSON with different spacing. */
+    copy_dir(base, dir, sizeof dir, "t-canonical");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    json_t *j = json_loads(l.v[2], 0, NULL);
+    free(l.v[2]);
+    char *re = json_dumps(j, JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+    l.v[2] = malloc(strlen(re) + 2);
+    memcpy(l.v[2], re, strlen(re));
+    memcpy(l.v[2] + strlen(re), "\n", 2);
+    free(re);
+    json_decref(j);
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "respace", "audit-000002.jsonl line 3", "not canonical");
+
+    /* A line made unparsable in the middle is not a torn tail. */
+    copy_dir(base, dir, sizeof dir, "t-garbage");
+    seg_path(p, sizeof p, dir, 2);
+    lines_read(p, &l);
+    l.v[2][0] = '[';
+    lines_write(p, &l);
+    lines_free(&l);
+    check_caught(dir, "garbage", "audit-000002.jsonl line 3", "not parsable JSON");
+
+    /* A removed middle segment, a removed first segment. */
+    copy_dir(base, dir, sizeof dir, "t-rm-middle");
+    seg_path(p, sizeof p, dir, 2);
+    unlink(p);
+    check_caught(dir, "removed middle", "missing segment audit-000002.jsonl", NULL);
+    copy_dir(base, dir, sizeof dir, "t-rm-first");
+    seg_path(p, sizeof p, dir, 1);
+    unlink(p);
+    check_caught(dir, "removed first", "missing first segment audit-000001.jsonl", NULL);
+
+    /* Renamed segments: two swapped, and one moved past the end. */
+    copy_dir(base, dir, sizeof dir, "t-rename-swap");
+    char tmp[512];
+    seg_path(p, sizeof p, dir, 2);
+    seg_path(q, sizeof q, dir, 3);
+    path_of(tmp, sizeof tmp, dir, "x");
+    CHECK(rename(p, tmp) == 0 && rename(q, p) == 0 && rename(tmp, q) == 0);
+    check_caught(dir, "renamed swap", "audit-000002.jsonl line 1", "renamed or reordered");
+    copy_dir(base, dir, sizeof dir, "t-rename-far");
+    seg_path(p, sizeof p, dir, 2);
+    seg_path(q, sizeof q, dir, 90);
+    CHECK(rename(p, q) == 0);
+    check_caught(dir, "renamed far", "missing segment audit-000002.jsonl", NULL);
+
+    /* The last segment appended to the one before (and removed). */
+    copy_dir(base, dir, sizeof dir, "t-join");
+    seg_path(p, sizeof p, dir, last - 1);
+    seg_path(q, sizeof q, dir, last);
+    char *tail = slurp(q, NULL);
+    append_bytes(p, tail);
+    free(tail);
+    unlink(q);
+    check_caught(dir, "joined", "segment_start inside a segment", NULL);
+
+    /* A segment replaced by a validly chained one from another log under the same key. */
+    char other[256];
+    fresh_dir(other, sizeof other, "tamper-other");
+    CHECK(audit_open(other, KEY, &opt, &log, &e) == INF_OK);
+    CHECK(append_n(log, 500, 40) == 0);
+    audit_close(log);
+    copy_dir(base, dir, sizeof dir, "t-replace");
+    seg_path(p, sizeof p, dir, 2);
+    seg_path(q, sizeof q, other, 2);
+    char *seg = slurp(q, NULL);
+    spit(p, seg, strlen(seg));
+    free(seg);
+    check_caught(dir, "replaced", "audit-000002.jsonl line 1", "segment");
+
+    /* A torn tail found by verify (audit_open would cut it). */
+    copy_dir(base, dir, sizeof dir, "t-torn");
+    seg_path(p, sizeof p, dir, last);
+    append_bytes(p, "{\"client\":\"127.0");
+    check_caught(dir, "torn", "torn tail", "16 bytes");
+
+    /* audit_open refuses an edited complete last line instead of cutting it. */
+    copy_dir(base, dir, sizeof dir, "t-open-refuses");
+    seg_path(p, sizeof p, dir, last);
+    lines_read(p, &l);
+    m = strstr(l.v[l.n - 1], "\"status\":200");
+    m[10] = '1';
+    lines_write(p, &l);
+    lines_free(&l);
+    err_clear(&e);
+    log = NULL;
+    CHECK(audit_open(dir, KEY, &opt, &log, &e) == INF_EINVAL);
+    CHECK(log == NULL);
+    CHECK_ERR_HAS(&e, "bad mac");
+    CHECK_ERR_HAS(&e, "refusing");
+    check_caught(dir, "refused", "bad mac", NULL); /* nothing was changed */
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Torn tails
+ * ---------------------------------------------------------------------------------------- */
+
+/* Opens dir (must succeed), checks that the last record is audit.tail_truncated with
+ * bytes_dropped == dropped (or that there is none when dropped is 0), closes, verifies. */
+static void reopen_and_check(const char *dir, const char *what, long long dropped)
+{
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    int rc = audit_open(dir, KEY, NULL, &log, &e);
+    CHECK_MSG(rc == INF_OK, "%s: %s", what, e.msg);
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK_MSG(verify_ok(dir, &rep) == INF_OK, "%s", what);
+    char p[512];
+    struct lines l;
+    seg_path(p, sizeof p, dir, (unsigned)rep.segments);
+    lines_read(p, &l);
+    json_t *j = l.n > 0 ? json_loads(l.v[l.n - 1], 0, NULL) : NULL;
+    const char *ev = json_string_value(json_object_get(j, "event"));
+    if (dropped > 0) {
+        CHECK_MSG(ev != NULL && strcmp(ev, "audit.tail_truncated") == 0, "%s", what);
+        CHECK_MSG(json_integer_value(json_object_get(j, "bytes_dropped")) == dropped, "%s", what);
+        CHECK_MSG(json_integer_value(json_object_get(j, "segment")) == (json_int_t)rep.segments,
+                  "%s", what);
+    } else {
+        CHECK_MSG(ev == NULL || strcmp(ev, "audit.tail_truncated") != 0, "%s", what);
+    }
+    json_decref(j);
+    lines_free(&l);
+}
+
+static void test_torn_tail(void)
+{
+    char base[256], dir[256], p[512], q[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    struct audit_options opt = {.segment_bytes = 2500};
+    fresh_dir(base, sizeof base, "torn-base");
+    CHECK(audit_open(base, KEY, &opt, &log, &e) == INF_OK);
+    CHECK(append_n(log, 0, 30) == 0);
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(base, &rep) == INF_OK);
+    unsigned last = (unsigned)rep.segments;
+    uint64_t last_seq = rep.last_seq;
+
+    /* A partial line. */
+    copy_dir(base, dir, sizeof dir, "torn-partial");
+    seg_path(p, sizeof p, dir, last);
+    append_bytes(p, "{\"bytes_in\":12,\"cli");
+    reopen_and_check(dir, "partial line", 19);
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.last_seq == last_seq + 1);
+
+    /* A complete line that does not parse, as a crash can leave. */
+    copy_dir(base, dir, sizeof dir, "torn-unparsable");
+    seg_path(p, sizeof p, dir, last);
+    append_bytes(p, "{\"bytes_in\":12,\"cli\n");
+    reopen_and_check(dir, "unparsable last line", 20);
+
+    /* Half of the last line gone (a write cut short): the other half goes too. */
+    copy_dir(base, dir, sizeof dir, "torn-half");
+    seg_path(p, sizeof p, dir, last);
+    struct lines l;
+    lines_read(p, &l);
+    size_t line_len = strlen(l.v[l.n - 1]);
+    lines_free(&l);
+    struct stat sb;
+    CHECK(stat(p, &sb) == 0);
+    size_t cut = line_len / 2;
+    CHECK(truncate(p, sb.st_size - (off_t)cut) == 0);
+    reopen_and_check(dir, "half of the last line", (long long)(line_len - cut));
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.last_seq == last_seq); /* one lost, one added */
+
+    /* A new segment whose segment_start is torn: it is emptied and started again. */
+    copy_dir(base, dir, sizeof dir, "torn-new-segment");
+    seg_path(q, sizeof q, dir, last + 1);
+    spit(q, "{\"event\":\"audit.segment_start\",\"mac\":\"12", 40);
+    check_caught(dir, "torn segment start", "torn tail", NULL);
+    reopen_and_check(dir, "torn segment start", 40);
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.segments == last + 1);
+    CHECK(rep.last_seq == last_seq + 2);
+
+    /* An empty new segment (a crash right after creating it). */
+    copy_dir(base, dir, sizeof dir, "torn-empty-segment");
+    seg_path(q, sizeof q, dir, last + 1);
+    spit(q, "", 0);
+    check_caught(dir, "empty segment", "empty segment", NULL);
+    reopen_and_check(dir, "empty segment", 0);
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.segments == last + 1);
+    CHECK(rep.last_seq == last_seq + 1);
+
+    /* An empty segment 1 of a log that never got its first record. */
+    fresh_dir(dir, sizeof dir, "torn-empty-first");
+    seg_path(q, sizeof q, dir, 1);
+    spit(q, "", 0);
+    reopen_and_check(dir, "empty first segment", 0);
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.records == 1);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Failures
+ * ---------------------------------------------------------------------------------------- */
+
+static bool wait_healthy(struct audit_log *log, int ms)
+{
+    for (int i = 0; i < ms / 10 && !audit_healthy(log); i++)
+        usleep(10000);
+    return audit_healthy(log);
+}
+
+static int append_one(struct audit_log *log, int i, uint64_t *seq, struct err *e)
+{
+    json_t *r = request_record(i);
+    err_clear(e);
+    int rc = audit_append(log, r, seq, e);
+    json_decref(r);
+    return rc;
+}
+
+static void test_dir_moved(void)
+{
+    char parent[256], dir[256], moved[512], p[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    uint64_t seq = 0;
+    struct audit_stats st;
+    fresh_dir(parent, sizeof parent, "moved");
+    path_of(dir, sizeof dir, parent, "audit");
+    path_of(moved, sizeof moved, parent, "audit.away");
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    CHECK(append_one(log, 0, &seq, &e) == INF_OK && seq == 2);
+
+    /* The directory moved away and a file in its place: fail closed (root is not stopped by
+     * permissions, so this is the test that works for every user). */
+    CHECK(rename(dir, moved) == 0);
+    spit(dir, "not a directory\n", 16);
+    CHECK(append_one(log, 1, &seq, &e) == INF_EIO);
+    CHECK_ERR_HAS(&e, "audit");
+    CHECK(!audit_healthy(log));
+    CHECK(append_one(log, 2, &seq, &e) == INF_EIO);
+    usleep(600000);
+    CHECK(!audit_healthy(log)); /* the background check does not pass either */
+    audit_stats_get(log, &st);
+    CHECK(st.failures >= 2 && st.last_seq == 2);
+
+    /* Put back: healthy again by itself, and appends continue the same file. */
+    CHECK(unlink(dir) == 0 && rename(moved, dir) == 0);
+    CHECK(wait_healthy(log, 3000));
+    CHECK(append_one(log, 3, &seq, &e) == INF_OK);
+    CHECK(seq == 3); /* the refused records took no seq */
+    CHECK(audit_healthy(log));
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.segments == 1 && rep.records == 3);
+
+    /* Replaced by a new empty directory: the log goes on there in a new segment. */
+    err_clear(&e);
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    CHECK(rename(dir, moved) == 0 && mkdir(dir, 0700) == 0);
+    CHECK(append_one(log, 4, &seq, &e) == INF_OK);
+    CHECK(seq == 5); /* after the new segment's segment_start */
+    audit_close(log);
+    seg_path(p, sizeof p, dir, 2);
+    CHECK(access(p, F_OK) == 0);
+    err_clear(&e);
+    CHECK(audit_verify(dir, KEY, &rep, &e) == INF_EINVAL);
+    CHECK_ERR_HAS(&e, "missing first segment audit-000001.jsonl");
+    char from[512];
+    seg_path(from, sizeof from, moved, 1);
+    seg_path(p, sizeof p, dir, 1);
+    CHECK(rename(from, p) == 0);
+    CHECK(verify_ok(dir, &rep) == INF_OK);
+    CHECK(rep.segments == 2 && rep.last_seq == 5);
+
+    /* Without root, a directory made read-only also closes the log. */
+    if (geteuid() != 0) {
+        err_clear(&e);
+        CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+        CHECK(chmod(dir, 0500) == 0);
+        CHECK(append_one(log, 5, &seq, &e) == INF_EIO);
+        CHECK(!audit_healthy(log));
+        CHECK(chmod(dir, 0700) == 0);
+        CHECK(append_one(log, 6, &seq, &e) == INF_OK && seq == 6);
+        audit_close(log);
+        CHECK(verify_ok(dir, NULL) == INF_OK);
+    } else {
+        fprintf(stderr, "  (running as root: the chmod case is skipped)\n");
+    }
+}
+
+/* A write that fails halfway (file size limit, like a full disk): the partial write is cut
+ * off, the chain rolls back, and later records continue it. */
+static void test_write_fails(void)
+{
+    char dir[256];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    uint64_t seq = 0;
+    struct rlimit old, lim;
+    fresh_dir(dir, sizeof dir, "efbig");
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    CHECK(append_one(log, 0, &seq, &e) == INF_OK && seq == 2);
+    char p[512];
+    struct stat sb;
+    seg_path(p, sizeof p, dir, 1);
+    CHECK(stat(p, &sb) == 0);
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)sb.st_size + 100; /* room for part of one line */
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    CHECK(append_one(log, 1, &seq, &e) == INF_EIO);
+    CHECK(!audit_healthy(log));
+    struct stat after;
+    CHECK(stat(p, &after) == 0 && after.st_size == sb.st_size); /* the partial line is gone */
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, SIG_DFL);
+    CHECK(append_one(log, 2, &seq, &e) == INF_OK && seq == 3);
+    CHECK(audit_healthy(log));
+    audit_close(log);
+    struct audit_verify_report rep;
+    CHECK(verify_ok(dir, &rep) == INF_OK && rep.records == 3);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Crashes
+ * ---------------------------------------------------------------------------------------- */
+
+struct ack {
+    uint64_t seq;
+    int32_t run, thread, n, pad;
+};
+
+struct crash_worker {
+    struct audit_log *log;
+    int fd, run, thread;
+};
+
+static void *crash_worker_main(void *arg)
+{
+    struct crash_worker *w = arg;
+    for (int n = 0;; n++) {
+        json_t *r = json_pack("{s:s, s:i, s:i, s:i}", "event", "test.crash", "run", w->run,
+                              "thread", w->thread, "n", n);
+        struct ack a = {.run = w->run, .thread = w->thread, .n = n};
+        struct err e = {0};
+        if (r != NULL && audit_append(w->log, r, &a.seq, &e) == INF_OK &&
+            write(w->fd, &a, sizeof a) != (ssize_t)sizeof a)
+            _exit(3);
+        json_decref(r);
+    }
+    return NULL;
+}
+
+static void crash_child(const char *dir, int fd, int run)
+{
+    struct audit_options opt = {.segment_bytes = 8192, .max_batch = 8};
+    struct audit_log *log = NULL;
+    struct err e = {0};
+    if (audit_open(dir, KEY, &opt, &log, &e) != INF_OK) {
+        fprintf(stderr, "child: %s\n", e.msg);
+        _exit(2);
+    }
+    struct crash_worker w[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        w[t] = (struct crash_worker){.log = log, .fd = fd, .run = run, .thread = t};
+        pthread_create(&th[t], NULL, crash_worker_main, &w[t]);
+    }
+    for (;;)
+        pause();
+}
+
+/* Every acknowledged record must be in the log with its seq. */
+static void check_acks(const char *dir, const struct ack *acks, size_t n, int iter)
+{
+    unsigned seg = 1;
+    char p[512];
+    size_t found = 0;
+    uint64_t max_seq = 0;
+    for (size_t i = 0; i < n; i++)
+        max_seq = acks[i].seq > max_seq ? acks[i].seq : max_seq;
+    int32_t(*by_seq)[3] = calloc(max_seq + 1, sizeof *by_seq);
+    for (;; seg++) {
+        struct lines l;
+        seg_path(p, sizeof p, dir, seg);
+        if (access(p, F_OK) != 0)
+            break;
+        lines_read(p, &l);
+        for (size_t i = 0; i < l.n; i++) {
+            json_t *j = json_loads(l.v[i], 0, NULL);
+            json_int_t s = json_integer_value(json_object_get(j, "seq"));
+            if (j != NULL && s > 0 && (uint64_t)s <= max_seq && json_object_get(j, "run")) {
+                by_seq[s][0] = (int32_t)json_integer_value(json_object_get(j, "run")) + 1;
+                by_seq[s][1] = (int32_t)json_integer_value(json_object_get(j, "thread"));
+                by_seq[s][2] = (int32_t)json_integer_value(json_object_get(j, "n"));
+            }
+            json_decref(j);
+        }
+        lines_free(&l);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const int32_t *r = by_seq[acks[i].seq];
+        found += r[0] == acks[i].run + 1 && r[1] == acks[i].thread && r[2] == acks[i].n;
+    }
+    CHECK_MSG(found == n, "iteration %d: %zu of %zu acknowledged records in the log", iter, found,
+              n);
+    free(by_seq);
+}
+
+/*
+ * Simulates losing part of what was written after the last fdatasync (as a power cut can): cuts
+ * the last segment at a random byte after the last acknowledged record. Returns bytes cut.
+ */
+static long cut_unsynced_tail(const char *dir, const struct ack *acks, size_t n, unsigned r)
+{
+    char p[512], next[512];
+    uint64_t max_ack = 0;
+    for (size_t i = 0; i < n; i++)
+        max_ack = acks[i].seq > max_ack ? acks[i].seq : max_ack;
+    unsigned seg = 1;
+    for (;; seg++) {
+        seg_path(next, sizeof next, dir, seg + 1);
+        if (access(next, F_OK) != 0)
+            break;
+    }
+    seg_path(p, sizeof p, dir, seg);
+    struct lines l;
+    lines_read(p, &l);
+    size_t keep = 0, size = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        size_t len = strlen(l.v[i]);
+        json_t *j = json_loads(l.v[i], 0, NULL);
+        json_int_t s = json_integer_value(json_object_get(j, "seq"));
+        if (j != NULL && s > 0 && (uint64_t)s <= max_ack)
+            keep = size + len;
+        size += len;
+        json_decref(j);
+    }
+    lines_free(&l);
+    if (size <= keep)
+        return 0;
+    size_t at = keep + r % (size - keep + 1);
+    if (truncate(p, (off_t)at) != 0)
+        die(p);
+    return (long)(size - at);
+}
+
+static void test_crash(void)
+{
+    int iters = test_quick() ? 5 : 20;
+    char dir[256];
+    fresh_dir(dir, sizeof dir, "crash");
+    unsigned rng = (unsigned)time(NULL);
+    fprintf(stderr, "  crash seed %u\n", rng);
+    size_t cap = 1 << 16, n = 0;
+    int cut = 0;
+    struct ack *acks = calloc(cap, sizeof *acks);
+    for (int it = 0; it < iters; it++) {
+        int fds[2];
+        if (pipe(fds) != 0)
+            die("pipe");
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0)
+            die("fork");
+        if (pid == 0) {
+            close(fds[0]);
+            crash_child(dir, fds[1], it);
+        }
+        close(fds[1]);
+        rng = rng * 1103515245u + 12345u;
+        /* From "during audit_open" to well into the appends (longer under valgrind). */
+        long us = (long)((rng >> 8) % 60000u) * (test_quick() ? 10 : 1);
+        usleep((useconds_t)us);
+        kill(pid, SIGKILL);
+        int status = 0;
+        /* Drain the pipe while the child dies, then reap it. */
+        char buf[4096];
+        size_t have = 0;
+        for (;;) {
+            ssize_t got = read(fds[0], buf + have, sizeof buf - have);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0)
+                break;
+            have += (size_t)got;
+            size_t whole = have / sizeof(struct ack) * sizeof(struct ack);
+            for (size_t off = 0; off < whole; off += sizeof(struct ack)) {
+                if (n == cap) {
+                    cap *= 2;
+                    acks = realloc(acks, cap * sizeof *acks);
+                }
+                memcpy(&acks[n++], buf + off, sizeof(struct ack));
+            }
+            memmove(buf, buf + whole, have - whole);
+            have -= whole;
+        }
+        close(fds[0]);
+        waitpid(pid, &status, 0);
+        CHECK_MSG(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "iteration %d: child exited with status %d", it, status);
+        rng = rng * 1103515245u + 12345u;
+        if ((rng >> 16) & 1)
+            cut += cut_unsynced_tail(dir, acks, n, rng >> 8) > 0;
+        struct err e = {0};
+        struct audit_log *log = NULL;
+        int rc = audit_open(dir, KEY, NULL, &log, &e);
+        CHECK_MSG(rc == INF_OK, "iteration %d: reopen: %s", it, e.msg);
+        audit_close(log);
+        struct audit_verify_report rep;
+        CHECK_MSG(verify_ok(dir, &rep) == INF_OK, "iteration %d", it);
+        check_acks(dir, acks, n, it);
+    }
+    fprintf(stderr, "  %d crashes (%d with unsynced bytes cut), %zu acknowledged records\n", iters,
+            cut, n);
+    free(acks);
+}
+
+int main(void)
+{
+    char tmpl[] = "/tmp/test_audit.XXXXXX";
+    if (mkdtemp(tmpl) == NULL)
+        die("mkdtemp");
+    snprintf(scratch, sizeof scratch, "%s", tmpl);
+    RUN(test_basics);
+    RUN(test_bad_records);
+    RUN(test_concurrent);
+    RUN(test_segments);
+    RUN(test_tampering);
+    RUN(test_torn_tail);
+    RUN(test_dir_moved);
+    RUN(test_write_fails);
+    RUN(test_crash);
+    rm_rf(scratch);
+    return test_finish();
+}
