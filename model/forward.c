@@ -134,6 +134,7 @@ const float *forward_pass(const struct model *m, struct model_workspace *ws, con
     }
     ws->act[0] = (float *)x; /* only written through when in_copy made it private */
     ws->training = training;
+    ws->passes++;
     const float *wt = m->wt_fresh ? m->wt : NULL;
     for (size_t i = 0; i < m->n_layers; i++) {
         const struct layer *l = &m->layers[i];

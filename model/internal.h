@@ -235,6 +235,11 @@ struct model_workspace {
     float *feat;    /* (max_batch, F) scratch for attributions */
     float *in_copy; /* (max_batch, F) private input copy when layer 0 works in place */
     bool training;  /* whether the last forward_pass drew dropout masks */
+    /* Forward passes so far (wraps). A single-row dense Linear visits its weight rows forwards
+     * on even passes and backwards on odd ones (layers.c): a pass then starts on the rows the
+     * previous one read last, which are still in L2. Each output is computed the same way in
+     * either order, so results do not depend on it. */
+    unsigned passes;
 };
 
 /*
@@ -253,7 +258,7 @@ void backward_pass(const struct model *m, struct model_workspace *ws, const floa
                    float *grads, float *dx);
 
 /* Layer kernels (layers.c). in (B, in_size) -> out (B, out_size). wt is m->wt when fresh, else
- * NULL. */
+ * NULL. Reads ws->passes (see above), does not change it. */
 void layer_forward(const struct layer *l, const float *params, const float *wt, const float *in,
                    float *out, size_t B, struct model_workspace *ws, size_t li, bool training,
                    struct rng *rng);
