@@ -291,7 +291,9 @@ static void utf8_cut(char *s, size_t max)
 
 char *guard_mask(struct server *srv, const char *text, size_t max_len)
 {
-    char *m = mask_text(srv->guard.mask_key, text, strlen(text), NULL);
+    size_t n = strlen(text);
+    char *m =
+        mask_contains_pii(text, n) ? mask_text(srv->guard.mask_key, text, n, NULL) : strdup(text);
     if (m != NULL && max_len > 0)
         utf8_cut(m, max_len);
     return m;
@@ -368,7 +370,10 @@ int guard_audit_request(struct request *rq, unsigned status, size_t bytes_out)
     if (rec == NULL)
         return INF_ENOMEM;
     json_object_set_new(rec, "event", json_string("http.request"));
-    json_object_set_new(rec, "request_id", json_string(rq->id));
+    /* The request id may be the client's (X-Request-Id): free text like any other. */
+    char *rid = guard_mask(srv, rq->id, 0);
+    json_object_set_new(rec, "request_id", json_string(rid ? rid : "-"));
+    free(rid);
     json_object_set_new(rec, "key_id", rq->key_id[0] ? json_string(rq->key_id) : json_null());
     json_object_set_new(rec, "client", json_string(client));
     json_object_set_new(rec, "method", json_string(rq->route->method));
@@ -411,7 +416,9 @@ int guard_event(struct server *srv, struct request *rq, const char *event, json_
         return INF_ENOMEM;
     json_object_set_new(rec, "event", json_string(event));
     if (rq != NULL) {
-        json_object_set_new(rec, "request_id", json_string(rq->id));
+        char *rid = guard_mask(srv, rq->id, 0);
+        json_object_set_new(rec, "request_id", json_string(rid ? rid : "-"));
+        free(rid);
         json_object_set_new(rec, "key_id", rq->key_id[0] ? json_string(rq->key_id) : json_null());
     }
     struct err e = {0};

@@ -427,13 +427,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (srv->metrics != NULL)
         metrics_observe_request(srv->metrics, route, method, status, secs, rq->body_len,
                                 rq->bytes_out);
+    /* The request id (X-Request-Id) and the model segment are client text: masked. */
+    char *id_masked = srv->opt.access_log ? guard_mask(srv, rq->id, 0) : NULL;
+    char *model_masked = srv->opt.access_log && registry_name_valid(rq->params[0])
+                             ? guard_mask(srv, rq->params[0], 0)
+                             : NULL;
     if (srv->opt.access_log)
         log_msg(LOG_INFO,
                 "access id=%s method=%s route=%s model=%s status=%d latency_ms=%.3f in=%zu "
                 "out=%zu%s",
-                rq->id, method, route, registry_name_valid(rq->params[0]) ? rq->params[0] : "-",
+                id_masked ? id_masked : "-", method, route, model_masked ? model_masked : "-",
                 status, secs * 1e3, rq->body_len, rq->bytes_out,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    free(id_masked);
+    free(model_masked);
     guard_release(rq);
     free(rq->reason);
     free(rq->body);

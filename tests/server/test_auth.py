@@ -344,9 +344,14 @@ def test_audit_records_every_protected_request_and_verifies():
                              headers={"X-Request-Id": "pii"})
         assert st in (400, 404), st
         st, _, _ = s.request("GET", "/v2/health/live", key=False, headers={"X-Request-Id": "open"})
+        st, _, _ = s.request("GET", "/v2/models", headers={"X-Request-Id": "10.20.30.40"})
+        assert st == 200
+        sent.append(("pii-ip", 200))
         data_dir = s.data_dir
+        log_text = s.read_log()
     recs = audit_records(data_dir)
     by_id = {r.get("request_id"): r for r in recs if r.get("event") == "http.request"}
+    by_id["pii-ip"] = next(r for r in recs if r.get("request_id", "").startswith("<IPV4:"))
     for rid, status in sent:
         assert rid in by_id, (rid, sorted(by_id))
         assert by_id[rid]["status"] == status, by_id[rid]
@@ -364,6 +369,9 @@ def test_audit_records_every_protected_request_and_verifies():
     assert by_id["pii"]["model"].startswith("<EMAIL:"), by_id["pii"]
     raw = audit_bytes(data_dir)
     assert b"john.doe@example.com" not in raw and secret_marker.encode() not in raw
+    assert by_id["pii-ip"]["request_id"].startswith("<IPV4:"), by_id.keys()
+    assert "10.20.30.40" not in log_text and "10.20.30.40" not in raw.decode()
+    assert "<IPV4:" in log_text, "the access log masks client text"
     assert infer["key"].encode() not in raw and infer["key"].split("_")[2].encode() not in raw
     events = [r["event"] for r in recs]
     assert "key.created" in events and "server.started" in events, events
