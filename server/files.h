@@ -32,7 +32,7 @@
 #include "auth/auth.h"
 #include "common/common.h"
 
-#define FILE_ID_MAX 40
+#define FILE_ID_MAX   40
 #define FILE_NAME_MAX 255 /* bytes of the client's filename kept (cut on a UTF-8 boundary) */
 
 struct file_store;

@@ -38,6 +38,17 @@ static const struct route routes[] = {
     {"GET", "/v1/keys", handle_keys_list, false, ROUTE_ADMIN},
     {"GET", "/v1/keys/{k}", handle_keys_get, false, ROUTE_ADMIN},
     {"DELETE", "/v1/keys/{k}", handle_keys_revoke, false, ROUTE_ADMIN},
+    {"POST", "/v1/files", handle_files_create, true, ROUTE_TRAIN},
+    {"GET", "/v1/files", handle_files_list, false, ROUTE_TRAIN},
+    {"GET", "/v1/files/{f}", handle_files_get, false, ROUTE_TRAIN},
+    {"GET", "/v1/files/{f}/content", handle_files_content, false, ROUTE_TRAIN},
+    {"DELETE", "/v1/files/{f}", handle_files_delete, false, ROUTE_TRAIN},
+    {"POST", "/v1/fine_tuning/jobs", handle_jobs_create, true, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs", handle_jobs_list, false, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}", handle_jobs_get, false, ROUTE_TRAIN},
+    {"POST", "/v1/fine_tuning/jobs/{j}/cancel", handle_jobs_cancel, true, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}/events", handle_jobs_events, false, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}/checkpoints", handle_jobs_checkpoints, false, ROUTE_TRAIN},
     {"GET", "/metrics", handle_metrics, false, ROUTE_METRICS},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
@@ -257,9 +268,24 @@ static bool request_id_ok(const char *s)
     return true;
 }
 
-/* Is the content type acceptable for a JSON body? Absent is fine (curl --data-binary). */
-static bool content_type_ok(const char *ct)
+/* The upload route takes multipart/form-data and --max-file-bytes; every other body is JSON
+ * (or binary tensors) under --max-body-bytes. */
+static bool is_upload(const struct request *rq)
 {
+    return rq->route != NULL && rq->route->handler == handle_files_create;
+}
+
+static size_t body_cap(const struct request *rq)
+{
+    return is_upload(rq) ? rq->srv->opt.max_file_bytes : rq->srv->opt.max_body_bytes;
+}
+
+/* Is the content type acceptable for the route's body? Absent is fine for JSON (curl
+ * --data-binary); an upload must say multipart/form-data (it carries the boundary). */
+static bool content_type_ok(const struct request *rq, const char *ct)
+{
+    if (is_upload(rq))
+        return ct != NULL && strncasecmp(ct, "multipart/form-data", 19) == 0;
     if (ct == NULL)
         return true;
     size_t n = strcspn(ct, "; \t");
@@ -327,24 +353,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return res;
         const char *ct =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-        if (rq->route->has_body && !content_type_ok(ct))
-            return http_respond_error(rq, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
-                                      "Content-Type \"%.64s\" is not supported: send "
-                                      "application/json (curl: -H 'Content-Type: "
-                                      "application/json')",
-                                      ct);
+        if (rq->route->has_body && !content_type_ok(rq, ct))
+            return http_respond_error(
+                rq, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                is_upload(rq)
+                    ? "Content-Type \"%.64s\" is not supported: upload files as "
+                      "multipart/form-data (curl: -F purpose=fine-tune -F file=@data.jsonl)"
+                    : "Content-Type \"%.64s\" is not supported: send application/json "
+                      "(curl: -H 'Content-Type: application/json')",
+                ct ? ct : "(none)");
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL) {
             char *end = NULL;
             unsigned long long n = strtoull(cl, &end, 10);
-            if (end != cl && *end == '\0' && n > srv->opt.max_body_bytes) {
+            if (end != cl && *end == '\0' && n > body_cap(rq)) {
                 rq->body_too_large = true;
                 if (srv->metrics != NULL)
                     metrics_reject(srv->metrics, "body_too_large");
                 return http_respond_error(rq, MHD_HTTP_CONTENT_TOO_LARGE,
                                           "request body of %llu bytes is over the limit of %zu", n,
-                                          srv->opt.max_body_bytes);
+                                          body_cap(rq));
             }
         }
         return MHD_YES;
@@ -356,11 +385,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES; /* discard what follows an early answer */
         if (rq->body_too_large) {
             rq->discarded += n;
-            return rq->discarded > 4 * srv->opt.max_body_bytes ? MHD_NO : MHD_YES;
+            return rq->discarded > 4 * body_cap(rq) ? MHD_NO : MHD_YES;
         }
         if (!rq->route->has_body)
             return MHD_YES; /* GET with a body: ignored */
-        if (rq->body_len + n > srv->opt.max_body_bytes) {
+        if (rq->body_len + n > body_cap(rq)) {
             /* libmicrohttpd 0.9.75 cannot answer in the middle of an upload: drop the body,
              * keep reading (up to 4x the limit, then cut the connection) and answer 413 at
              * its end. */
@@ -371,7 +400,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             rq->body = NULL;
             rq->body_cap = 0;
             rq->discarded += n;
-            return rq->discarded > 4 * srv->opt.max_body_bytes ? MHD_NO : MHD_YES;
+            return rq->discarded > 4 * body_cap(rq) ? MHD_NO : MHD_YES;
         }
         if (rq->body_len + n + 1 > rq->body_cap) {
             size_t cap = rq->body_cap ? rq->body_cap : 16384;
@@ -392,8 +421,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     if (rq->body_too_large)
         return http_respond_error(rq, MHD_HTTP_CONTENT_TOO_LARGE,
-                                  "request body is over the limit of %zu bytes",
-                                  srv->opt.max_body_bytes);
+                                  "request body is over the limit of %zu bytes", body_cap(rq));
     if (rq->body == NULL) {
         rq->body = calloc(1, 1);
         if (rq->body == NULL)

@@ -26,6 +26,8 @@
 #include "registry.h"
 
 struct metrics;
+struct file_store;
+struct job_queue;
 
 /* `infera serve` settings: flags, or INFERA_* environment variables (see serve.c). */
 struct server_options {
@@ -51,6 +53,10 @@ struct server_options {
     char tls_key[4096];
     char master_key_file[4096]; /* default: <data-dir>/master.key */
     size_t audit_segment_bytes;
+    size_t max_file_bytes;     /* an uploaded training file (POST /v1/files body) */
+    size_t max_file_lines;     /* examples in one training file */
+    unsigned train_workers;    /* fine-tuning jobs running at once */
+    unsigned max_jobs_per_key; /* queued + running jobs of one key (429 above) */
     struct oip_limits limits;
 };
 
@@ -59,6 +65,8 @@ struct server {
     struct registry *registry;
     struct metrics *metrics;
     struct guard guard;
+    struct file_store *files; /* <data-dir>/files (files.h) */
+    struct job_queue *jobs;   /* <data-dir>/jobs and the training workers (jobs.h) */
     struct MHD_Daemon *daemon;
     uint16_t port;
     atomic_bool ready; /* started, initial scan done, not draining */
@@ -151,6 +159,22 @@ enum MHD_Result handle_repo_index(struct request *rq);
 enum MHD_Result handle_repo_load(struct request *rq);
 enum MHD_Result handle_repo_unload(struct request *rq);
 enum MHD_Result handle_metrics(struct request *rq);
+
+/* OpenAI's files API (files_api.c): POST takes multipart/form-data (file, purpose) up to
+ * --max-file-bytes; the others answer file objects. Ownership as in files.h. */
+enum MHD_Result handle_files_create(struct request *rq);
+enum MHD_Result handle_files_list(struct request *rq);
+enum MHD_Result handle_files_get(struct request *rq);
+enum MHD_Result handle_files_content(struct request *rq);
+enum MHD_Result handle_files_delete(struct request *rq);
+
+/* OpenAI's fine-tuning jobs API (jobs_api.c) on the job queue (jobs.h). */
+enum MHD_Result handle_jobs_create(struct request *rq);
+enum MHD_Result handle_jobs_list(struct request *rq);
+enum MHD_Result handle_jobs_get(struct request *rq);
+enum MHD_Result handle_jobs_cancel(struct request *rq);
+enum MHD_Result handle_jobs_events(struct request *rq);
+enum MHD_Result handle_jobs_checkpoints(struct request *rq);
 
 /* The key management endpoints (keys_api.c). */
 enum MHD_Result handle_keys_create(struct request *rq);

@@ -12,7 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "http.h"
+#include "jobs.h"
 #include "metrics.h"
 #include "server.h"
 
@@ -63,6 +65,14 @@ static const struct opt_def opt_defs[] = {
     {"metrics-public", OPT_BOOL, OFF(metrics_public), 0, 0, 1, "/metrics without an admin key"},
     {"tls-cert", OPT_STR, OFF(tls_cert), 4096, 0, 0, "PEM certificate chain: serve HTTPS"},
     {"tls-key", OPT_STR, OFF(tls_key), 4096, 0, 0, "PEM private key of --tls-cert"},
+    {"max-file-bytes", OPT_SIZE, OFF(max_file_bytes), 0, 1024, 17179869184.0,
+     "largest uploaded training file (POST /v1/files)"},
+    {"max-file-lines", OPT_SIZE, OFF(max_file_lines), 0, 1, 100000000,
+     "examples in one training file"},
+    {"train-workers", OPT_UINT, OFF(train_workers), 0, 0, 64,
+     "fine-tuning jobs running at once (0: jobs queue but do not run)"},
+    {"max-jobs-per-key", OPT_UINT, OFF(max_jobs_per_key), 0, 1, 100000,
+     "queued + running fine-tuning jobs of one API key"},
     {"master-key-file", OPT_STR, OFF(master_key_file), 4096, 0, 0,
      "master key file (default <data-dir>/master.key; or INFERA_MASTER_KEY, 64 hex digits)"},
 };
@@ -93,6 +103,10 @@ static void options_default(struct server_options *o)
     o->auth = true;
     o->audit = true;
     o->audit_segment_bytes = (size_t)64 << 20;
+    o->max_file_bytes = (size_t)256 << 20;
+    o->max_file_lines = 10000000;
+    o->train_workers = 1;
+    o->max_jobs_per_key = 8;
     o->limits = oip_limits_default();
 }
 
@@ -278,6 +292,16 @@ int cli_serve(int argc, char **argv)
         log_msg(LOG_ERROR, "%s", e.msg);
         goto fail;
     }
+    if ((srv.files = file_store_open(srv.opt.data_dir, &srv.guard.master, &e)) == NULL) {
+        log_msg(LOG_ERROR, "file store: %s", e.msg);
+        goto fail;
+    }
+    struct job_queue_config jq = {srv.opt.data_dir, &srv.guard.master, &srv, srv.opt.train_workers,
+                                  srv.opt.max_jobs_per_key};
+    if ((srv.jobs = job_queue_open(&jq, &e)) == NULL) {
+        log_msg(LOG_ERROR, "job queue: %s", e.msg);
+        goto fail;
+    }
     /* Listen first so probes get answers (live 200, ready 503) while models load. */
     if (http_start(&srv, &e) != INF_OK) {
         log_msg(LOG_ERROR, "%s", e.msg);
@@ -293,6 +317,11 @@ int cli_serve(int argc, char **argv)
     size_t loaded, failed;
     registry_counts(srv.registry, &loaded, &failed);
     log_msg(LOG_INFO, "%zu model versions loaded, %d failed; ready", loaded, failures);
+    /* Jobs start after the models they fine-tune are loaded. */
+    if (job_queue_start(srv.jobs, &e) != INF_OK) {
+        log_msg(LOG_ERROR, "job queue: %s", e.msg);
+        goto fail;
+    }
     atomic_store(&srv.ready, true);
 
     for (;;) {
@@ -308,6 +337,8 @@ int cli_serve(int argc, char **argv)
         break;
     }
     drain(&srv, &set);
+    job_queue_free(srv.jobs); /* running jobs stop within a batch and go back to the queue */
+    file_store_free(srv.files);
     registry_free(srv.registry);
     guard_event(&srv, NULL, "server.stopped", NULL);
     guard_close(&srv.guard);
@@ -315,6 +346,8 @@ int cli_serve(int argc, char **argv)
     return 0;
 fail:
     http_stop(&srv);
+    job_queue_free(srv.jobs);
+    file_store_free(srv.files);
     registry_free(srv.registry);
     guard_close(&srv.guard);
     metrics_free(srv.metrics);
