@@ -100,13 +100,13 @@ int guard_open(struct guard *g, const struct server_options *opt, struct err *e)
             rc = err_set(e, INF_ENOMEM, "out of memory");
             goto fail;
         }
-        /* Per-key defaults by highest scope (keys may override): generous enough that one
-         * client of a model server is not throttled by accident, tight enough that one key
-         * cannot take every HTTP thread (--http-threads 16 by default). */
+        /* Per-key defaults by highest scope (keys may override). Inference keys are backends
+         * that may send thousands of requests a second (one server does ~15k/s): the rate is
+         * a guard against runaway clients, the cap on requests in flight is the real share. */
         static const struct key_limits defaults[3] = {
-            {1000, 2000, 64}, /* infer */
-            {100, 200, 16},   /* train */
-            {1000, 2000, 64}, /* admin */
+            {20000, 40000, 256}, /* infer */
+            {100, 200, 16},      /* train */
+            {20000, 40000, 256}, /* admin */
         };
         keystore_set_defaults(g->keys, defaults);
         if (created && (rc = create_first_admin_key(g, opt->data_dir, e)) != INF_OK)

@@ -569,7 +569,13 @@ int http_start(struct server *srv, struct err *e)
             goto out;
         }
     }
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    /* Handlers block (a batch computing, an audit record committing): with a pool, MHD ties
+     * each connection to one pool thread, so a blocked handler stalls every other connection
+     * of its thread. One thread per connection keeps connections independent. */
+    bool per_conn = srv->opt.http_threads == 0;
+    unsigned flags = (per_conn ? MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD
+                               : MHD_USE_AUTO_INTERNAL_THREAD) |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (v6)
         flags |= MHD_USE_IPv6;
     if (tls)
@@ -583,7 +589,7 @@ int http_start(struct server *srv, struct err *e)
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, per_conn ? 0U : srv->opt.http_threads,
         MHD_OPTION_CONNECTION_LIMIT, srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         srv->opt.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
