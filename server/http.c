@@ -50,6 +50,8 @@ static const struct route routes[] = {
     {"GET", "/v1/fine_tuning/jobs/{j}/events", handle_jobs_events, false, ROUTE_TRAIN},
     {"GET", "/v1/fine_tuning/jobs/{j}/checkpoints", handle_jobs_checkpoints, false, ROUTE_TRAIN},
     {"GET", "/metrics", handle_metrics, false, ROUTE_METRICS},
+    {"GET", "/console", handle_console, false, ROUTE_OPEN},
+    {"GET", "/console/{a}", handle_console, false, ROUTE_OPEN},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 

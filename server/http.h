@@ -176,6 +176,10 @@ enum MHD_Result handle_jobs_cancel(struct request *rq);
 enum MHD_Result handle_jobs_events(struct request *rq);
 enum MHD_Result handle_jobs_checkpoints(struct request *rq);
 
+/* The web console (console.c): static HTML/CSS/JS embedded in the binary, open like a login
+ * page; everything it shows comes from the API with the key the user pastes. */
+enum MHD_Result handle_console(struct request *rq);
+
 /* The key management endpoints (keys_api.c). */
 enum MHD_Result handle_keys_create(struct request *rq);
 enum MHD_Result handle_keys_list(struct request *rq);
