@@ -49,6 +49,7 @@ static const struct route routes[] = {
     {"POST", "/v1/fine_tuning/jobs/{j}/cancel", handle_jobs_cancel, true, ROUTE_TRAIN},
     {"GET", "/v1/fine_tuning/jobs/{j}/events", handle_jobs_events, false, ROUTE_TRAIN},
     {"GET", "/v1/fine_tuning/jobs/{j}/checkpoints", handle_jobs_checkpoints, false, ROUTE_TRAIN},
+    {"GET", "/v1/audit", handle_audit_list, false, ROUTE_ADMIN},
     {"GET", "/metrics", handle_metrics, false, ROUTE_METRICS},
     {"GET", "/console", handle_console, false, ROUTE_OPEN},
     {"GET", "/console/{a}", handle_console, false, ROUTE_OPEN},

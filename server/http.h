@@ -180,6 +180,9 @@ enum MHD_Result handle_jobs_checkpoints(struct request *rq);
  * page; everything it shows comes from the API with the key the user pastes. */
 enum MHD_Result handle_console(struct request *rq);
 
+/* GET /v1/audit (audit_api.c, admin): the latest audit records, newest first. */
+enum MHD_Result handle_audit_list(struct request *rq);
+
 /* The key management endpoints (keys_api.c). */
 enum MHD_Result handle_keys_create(struct request *rq);
 enum MHD_Result handle_keys_list(struct request *rq);

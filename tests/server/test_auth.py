@@ -347,6 +347,15 @@ def test_audit_records_every_protected_request_and_verifies():
         st, _, _ = s.request("GET", "/v2/models", headers={"X-Request-Id": "10.20.30.40"})
         assert st == 200
         sent.append(("pii-ip", 200))
+        # The latest records over HTTP: admin only, newest first, paged by before_seq.
+        st, page, _ = s.request("GET", "/v1/audit?limit=3")
+        assert st == 200 and len(page["data"]) == 3 and page["has_more"] is True, page
+        seqs = [r["seq"] for r in page["data"]]
+        assert seqs == sorted(seqs, reverse=True), seqs
+        st, page2, _ = s.request("GET", "/v1/audit?limit=2&before_seq=%d" % seqs[-1])
+        assert [r["seq"] for r in page2["data"]] == [seqs[-1] - 1, seqs[-1] - 2], page2
+        assert s.request("GET", "/v1/audit", key=infer["key"])[0] == 403
+        assert s.request("GET", "/v1/audit?limit=0")[0] == 400
         data_dir = s.data_dir
         log_text = s.read_log()
     recs = audit_records(data_dir)
@@ -375,6 +384,7 @@ def test_audit_records_every_protected_request_and_verifies():
     assert infer["key"].encode() not in raw and infer["key"].split("_")[2].encode() not in raw
     events = [r["event"] for r in recs]
     assert "key.created" in events and "server.started" in events, events
+    # The same records over HTTP, newest first, admin only.
     seqs = [r["seq"] for r in recs]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
     p = verify(data_dir, check=0)
