@@ -38,6 +38,7 @@ struct audit_item {
     int rc;         /* outcome, valid once done */
     uint64_t seq;   /* the record's seq if rc == INF_OK */
     struct err err; /* message if rc != INF_OK */
+    pthread_cond_t cv; /* its appender waits here: a commit wakes only its own appenders */
 };
 
 struct audit_log {
@@ -52,7 +53,6 @@ struct audit_log {
     /* Guarded by mu (a leaf lock: no I/O and no calls out while held). */
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* the writer waits for items or stopping */
-    pthread_cond_t done_cv; /* appenders wait for their item's done */
     struct audit_item *head, *tail;
     bool stopping;
     bool healthy;
@@ -392,9 +392,10 @@ static int commit(struct audit_log *log, struct audit_item **items, size_t n, st
         log->stats.failures++;
     }
     log->healthy = rc == INF_OK;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         items[i]->done = true;
-    pthread_cond_broadcast(&log->done_cv);
+        pthread_cond_signal(&items[i]->cv);
+    }
     pthread_mutex_unlock(&log->mu);
     return rc;
 }
@@ -572,7 +573,6 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&log->work_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&log->done_cv, NULL);
     if ((log->batch = calloc(log->max_batch, sizeof *log->batch)) == NULL) {
         rc = err_set(e, INF_ENOMEM, "out of memory");
         goto out;
@@ -640,6 +640,7 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
     struct audit_item item = {.rec = record_new(record)};
     if (item.rec == NULL)
         return err_set(e, INF_ENOMEM, "out of memory");
+    pthread_cond_init(&item.cv, NULL);
     pthread_mutex_lock(&log->mu);
     if (log->stopping) {
         item.done = true;
@@ -653,8 +654,9 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
         pthread_cond_signal(&log->work_cv);
     }
     while (!item.done)
-        pthread_cond_wait(&log->done_cv, &log->mu);
+        pthread_cond_wait(&item.cv, &log->mu);
     pthread_mutex_unlock(&log->mu);
+    pthread_cond_destroy(&item.cv);
     json_decref(item.rec);
     if (item.rc != INF_OK)
         return err_set(e, item.rc, "%s", item.err.msg);
@@ -703,7 +705,6 @@ void audit_close(struct audit_log *log)
     free(log->batch);
     free(log->out);
     pthread_cond_destroy(&log->work_cv);
-    pthread_cond_destroy(&log->done_cv);
     pthread_mutex_destroy(&log->mu);
     free(log);
 }

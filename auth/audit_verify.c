@@ -403,13 +403,13 @@ static void scan_bad(struct audit_scan *out, const char *name, const struct line
     out->bad = true;
     out->torn = torn;
     if (c->seq >= 0)
-        snprintf(out->why, sizeof out->why, "%s line %lu (seq %lld): %s", name, c->lineno, c->seq,
+        snprintf(out->why, sizeof out->why, "%s line %lu (seq %lld): %.400s", name, c->lineno, c->seq,
                  what);
     else if (c->have_base)
-        snprintf(out->why, sizeof out->why, "%s line %lu (after seq %llu): %s", name, c->lineno,
+        snprintf(out->why, sizeof out->why, "%s line %lu (after seq %llu): %.400s", name, c->lineno,
                  (unsigned long long)c->cur.seq, what);
     else
-        snprintf(out->why, sizeof out->why, "%s line %lu (seq ?): %s", name, c->lineno, what);
+        snprintf(out->why, sizeof out->why, "%s line %lu (seq ?): %.400s", name, c->lineno, what);
 }
 
 int audit_segment_scan(struct audit_hmac *h, const char *path, unsigned num,

@@ -592,11 +592,12 @@ int http_start(struct server *srv, struct err *e)
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, per_conn ? 0U : srv->opt.http_threads,
-        MHD_OPTION_CONNECTION_LIMIT, srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        srv->opt.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE,
+        per_conn ? 0U : srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, srv, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = err_set(e, INF_EIO,
                      tls ? "cannot start HTTPS on %s (address in use, or the certificate and key "

@@ -90,7 +90,11 @@ static void options_default(struct server_options *o)
      * parses) measured no better on the 784-512-512-10 model: small batches cost OpenBLAS
      * nearly as much as single rows (bench/http/README.md). */
     o->infer_workers = cores > 0 ? (unsigned)cores : 1;
-    o->http_threads = 16;
+    /* One thread per connection: handlers block (a batch computing, an audit record
+     * committing), and a pool ties each connection to one pool thread, so a blocked handler
+     * would stall the other connections of its thread (bench/auth/README.md measured 2 of 16
+     * pool threads busy at 16 connections, and ~1 audit record per fsync). */
+    o->http_threads = 0;
     o->max_batch_size = 64;
     o->max_batch_delay_us = 0;
     o->queue_size = 256;
@@ -308,8 +312,13 @@ int cli_serve(int argc, char **argv)
         log_msg(LOG_ERROR, "%s", e.msg);
         goto fail;
     }
-    log_msg(LOG_INFO, "infera %s listening on %s (port %u, %s), %u HTTP threads", INFERA_VERSION,
-            srv.opt.listen, srv.port, srv.opt.tls_cert[0] ? "https" : "http", srv.opt.http_threads);
+    char threads[48];
+    if (srv.opt.http_threads == 0)
+        snprintf(threads, sizeof threads, "a thread per connection");
+    else
+        snprintf(threads, sizeof threads, "%u HTTP threads", srv.opt.http_threads);
+    log_msg(LOG_INFO, "infera %s listening on %s (port %u, %s), %s", INFERA_VERSION, srv.opt.listen,
+            srv.port, srv.opt.tls_cert[0] ? "https" : "http", threads);
     json_t *ev = json_pack("{s:s,s:s,s:b,s:b}", "version", INFERA_VERSION, "listen", srv.opt.listen,
                            "tls", srv.opt.tls_cert[0] != 0, "auth", srv.opt.auth);
     guard_event(&srv, NULL, "server.started", ev);
