@@ -22,8 +22,14 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
     json_t *val;
     json_object_foreach((json_t *)obj, key, val)
     {
-        if (strcmp(key, "input") != 0 && strcmp(key, "label") != 0 && strcmp(key, "target") != 0)
-            return err_set(e, INF_EINVAL, "line %zu: unknown field \"%.64s\"", lineno, key);
+        /* "weight", "id" and "metadata" are carried by some exporters; they are ignored (the
+         * same rule as file_validate_training at upload). */
+        if (strcmp(key, "input") != 0 && strcmp(key, "label") != 0 && strcmp(key, "target") != 0 &&
+            strcmp(key, "weight") != 0 && strcmp(key, "id") != 0 && strcmp(key, "metadata") != 0)
+            return err_set(e, INF_EINVAL,
+                           "line %zu: unknown field \"%.64s\" (known: input, label, target; "
+                           "ignored: weight, id, metadata)",
+                           lineno, key);
     }
     const json_t *input = json_object_get(obj, "input");
     if (input == NULL)

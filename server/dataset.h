@@ -4,7 +4,8 @@
  *
  * One JSON object per line: {"input": <tensor or text>, "label": <label>} for classifiers,
  * {"input": ..., "target": <number or array>} for regressors. A label is one of the model's
- * label strings or an integer class index. Blank lines are skipped. Errors name the line.
+ * label strings or an integer class index. "weight", "id" and "metadata" fields are ignored.
+ * Blank lines are skipped. Errors name the line.
  */
 #ifndef INFERA_SERVER_DATASET_H
 #define INFERA_SERVER_DATASET_H
