@@ -106,9 +106,7 @@ enum MHD_Result handle_audit_list(struct request *rq)
         return http_respond_error(rq, MHD_HTTP_BAD_REQUEST, "limit: expected 1..1000");
     if (bs != NULL && ((before = strtoull(bs, &end, 10)) < 1 || *end != '\0' || bs[0] == '-'))
         return http_respond_error(rq, MHD_HTTP_BAD_REQUEST, "before_seq: expected a positive seq");
-    char dir[4200];
-    if (fs_path_join(dir, sizeof dir, rq->srv->opt.data_dir, "audit", NULL) != INF_OK)
-        return http_respond_error(rq, MHD_HTTP_INTERNAL_SERVER_ERROR, "audit path too long");
+    const char *dir = rq->srv->guard.audit_dir;
     unsigned *nums = NULL;
     size_t n = 0;
     segments(dir, &nums, &n);

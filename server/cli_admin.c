@@ -16,6 +16,7 @@
 struct admin_args {
     const char *data_dir;
     const char *master_key_file;
+    const char *audit_dir;
     const char *name;
     const char *scopes;
     double rate, burst, max_concurrent;
@@ -28,6 +29,7 @@ static int admin_parse(const char *cmd, int argc, char **argv, struct admin_args
     memset(a, 0, sizeof *a);
     a->data_dir = getenv("INFERA_DATA_DIR") ? getenv("INFERA_DATA_DIR") : "./data";
     a->master_key_file = getenv("INFERA_MASTER_KEY_FILE");
+    a->audit_dir = getenv("INFERA_AUDIT_DIR");
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -37,6 +39,7 @@ static int admin_parse(const char *cmd, int argc, char **argv, struct admin_args
                                                            : NULL;
         const char **str = strcmp(f, "--data-dir") == 0          ? &a->data_dir
                            : strcmp(f, "--master-key-file") == 0 ? &a->master_key_file
+                           : strcmp(f, "--audit-dir") == 0       ? &a->audit_dir
                            : strcmp(f, "--name") == 0            ? &a->name
                            : strcmp(f, "--scopes") == 0          ? &a->scopes
                                                                  : NULL;
@@ -190,7 +193,7 @@ int cli_keys(int argc, char **argv)
 }
 
 static const char audit_usage[] =
-    "usage: infera audit verify [--data-dir DIR] [--master-key-file F]\n"
+    "usage: infera audit verify [--data-dir DIR] [--audit-dir DIR] [--master-key-file F]\n"
     "Checks every record of <data-dir>/audit: the MAC chain, sequence numbers and segments.\n"
     "Exit status 0 when the whole log verifies, 1 at the first bad record (named).\n";
 
@@ -216,7 +219,9 @@ int cli_audit(int argc, char **argv)
     char dir[4200];
     int rc = master_key_derive(&mk, "audit", k);
     master_key_wipe(&mk);
-    if (rc == INF_OK)
+    if (rc == INF_OK && a.audit_dir != NULL && a.audit_dir[0])
+        snprintf(dir, sizeof dir, "%s", a.audit_dir);
+    else if (rc == INF_OK)
         rc = fs_path_join(dir, sizeof dir, a.data_dir, "audit", &e);
     struct audit_verify_report rep;
     memset(&rep, 0, sizeof rep);

@@ -69,8 +69,11 @@ int guard_open(struct guard *g, const struct server_options *opt, struct err *e)
     }
     if (opt->audit) {
         struct audit_options ao = {.segment_bytes = opt->audit_segment_bytes};
-        if ((rc = fs_path_join(path, sizeof path, opt->data_dir, "audit", e)) != INF_OK)
+        if (opt->audit_dir[0])
+            snprintf(path, sizeof path, "%s", opt->audit_dir);
+        else if ((rc = fs_path_join(path, sizeof path, opt->data_dir, "audit", e)) != INF_OK)
             goto fail;
+        snprintf(g->audit_dir, sizeof g->audit_dir, "%s", path);
         if (master_key_derive(&g->master, "audit", k) != INF_OK) {
             rc = err_set(e, INF_EIO, "cannot derive the audit key");
             goto fail;

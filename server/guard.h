@@ -41,6 +41,7 @@ struct guard {
     struct keystore *keys;    /* data/keys.json; NULL when auth is off */
     struct limiter *limiter;  /* per-key limits; NULL when auth is off */
     struct audit_log *audit;  /* data/audit/; NULL when audit is off */
+    char audit_dir[4200];     /* where the audit segments are (--audit-dir) */
 };
 
 /*

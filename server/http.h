@@ -53,6 +53,7 @@ struct server_options {
     char tls_key[4096];
     char master_key_file[4096]; /* default: <data-dir>/master.key */
     size_t audit_segment_bytes;
+    char audit_dir[4096];      /* default <data-dir>/audit; one per replica */
     size_t max_file_bytes;     /* an uploaded training file (POST /v1/files body) */
     size_t max_file_lines;     /* examples in one training file */
     unsigned train_workers;    /* fine-tuning jobs running at once */

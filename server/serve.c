@@ -63,6 +63,8 @@ static const struct opt_def opt_defs[] = {
     {"audit", OPT_BOOL, OFF(audit), 0, 0, 1, "the tamper-evident audit log in <data-dir>/audit"},
     {"audit-segment-bytes", OPT_SIZE, OFF(audit_segment_bytes), 0, 4096, 1099511627776.0,
      "audit segment size before rotation"},
+    {"audit-dir", OPT_STR, OFF(audit_dir), 4096, 0, 0,
+     "audit log directory (default <data-dir>/audit; each replica needs its own)"},
     {"metrics-public", OPT_BOOL, OFF(metrics_public), 0, 0, 1, "/metrics without an admin key"},
     {"tls-cert", OPT_STR, OFF(tls_cert), 4096, 0, 0, "PEM certificate chain: serve HTTPS"},
     {"tls-key", OPT_STR, OFF(tls_key), 4096, 0, 0, "PEM private key of --tls-cert"},
