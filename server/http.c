@@ -152,6 +152,8 @@ enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const ch
     if (status == MHD_HTTP_TOO_MANY_REQUESTS)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER,
                                 rq->retry_after ? rq->retry_after : "1");
+    if (rq->no_retry)
+        MHD_add_response_header(r, "x-should-retry", "false");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 rq->deny_reason != NULL && strcmp(rq->deny_reason, "missing") != 0
@@ -460,7 +462,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                                 rq->bytes_out);
     /* The request id (X-Request-Id) and the model segment are client text: masked. */
     char *id_masked = srv->opt.access_log ? guard_mask(srv, rq->id, 0) : NULL;
-    char *model_masked = srv->opt.access_log && registry_name_valid(rq->params[0])
+    bool has_model = rq->route != NULL && strstr(rq->route->pattern, "{m}") != NULL;
+    char *model_masked = srv->opt.access_log && has_model && registry_name_valid(rq->params[0])
                              ? guard_mask(srv, rq->params[0], 0)
                              : NULL;
     if (srv->opt.access_log)

@@ -124,6 +124,7 @@ struct request {
     const char *deny_reason;     /* static: "missing", "scope", "rate", ... for the audit */
     char *reason;                /* an error answer's message (masked at audit time), or NULL */
     const char *retry_after;     /* a 429's Retry-After value (static or rq->retry_buf) */
+    bool no_retry; /* x-should-retry: false: the OpenAI SDKs would otherwise retry a 409/429 */
     char retry_buf[16];
 };
 
