@@ -187,8 +187,7 @@ bool guard_check(struct request *rq, enum MHD_Result *res)
     struct server *srv = rq->srv;
     struct guard *g = &srv->guard;
     unsigned need = route_needs(g, rq->route);
-    if (need == ROUTE_OPEN)
-        return true;
+    /* A key in a URL is refused everywhere, open routes included: it is leaked already. */
     struct query_scan q = {false};
     MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
     if (q.has_key) {
@@ -200,6 +199,8 @@ bool guard_check(struct request *rq, enum MHD_Result *res)
                                   "may have leaked into logs: revoke it");
         return false;
     }
+    if (need == ROUTE_OPEN)
+        return true;
     if (g->auth) {
         const char *authz =
             MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);

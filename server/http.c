@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,15 +160,9 @@ enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const ch
                                 rq->deny_reason != NULL && strcmp(rq->deny_reason, "missing") != 0
                                     ? "Bearer realm=\"infera\", error=\"invalid_token\""
                                     : "Bearer realm=\"infera\"");
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED) {
-        char allow[64] = "";
-        for (size_t i = 0; i < N_ROUTES; i++)
-            if (routes[i].handler == rq->route->handler && strstr(allow, routes[i].method) == NULL)
-                snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
-                         allow[0] ? ", " : "", routes[i].method);
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-    }
-    if (rq->body_too_large)
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, rq->allow);
+    if (rq->body_too_large || rq->close_conn)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result res = MHD_queue_response(rq->conn, status, r);
     MHD_destroy_response(r);
@@ -323,16 +318,168 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
         if (!route_match(routes[i].pattern, url, params))
             continue;
         path_match = &routes[i];
-        if (strcmp(routes[i].method, m) == 0) {
+        if (strstr(rq->allow, routes[i].method) == NULL)
+            snprintf(rq->allow + strlen(rq->allow), sizeof rq->allow - strlen(rq->allow), "%s%s",
+                     rq->allow[0] ? ", " : "", routes[i].method);
+        if (strcmp(routes[i].method, m) == 0 && rq->route == NULL) {
             rq->route = &routes[i];
             memcpy(rq->params, params, sizeof params);
-            break;
         }
     }
     if (rq->route == NULL && path_match != NULL)
         rq->route = path_match; /* for the 405's Allow header; flagged by the method */
     atomic_fetch_add(&srv->inflight, 1);
     return rq;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Slow-header watchdog (see struct conn_watch)
+ * ---------------------------------------------------------------------------------------- */
+
+struct conn_slot {
+    struct conn_slot *next, *prev;
+    MHD_socket fd;
+    struct timespec since; /* connected, or the last request ended */
+    bool busy;             /* a request is in progress (its headers arrived) */
+    bool cut;              /* already shut down */
+};
+
+static double since_s(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) * 1e-9;
+}
+
+/* MHD calls this when a connection opens and when it closes, before its socket is closed: the
+ * slot leaves the list under the lock, so the watchdog never shuts down a reused fd. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct server *srv = cls;
+    struct conn_watch *w = &srv->watch;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct conn_slot *c = calloc(1, sizeof *c);
+        if (c == NULL || ci == NULL) {
+            free(c);
+            return;
+        }
+        c->fd = ci->connect_fd;
+        clock_gettime(CLOCK_MONOTONIC, &c->since);
+        pthread_mutex_lock(&w->mu);
+        c->next = w->head;
+        if (w->head != NULL)
+            w->head->prev = c;
+        w->head = c;
+        pthread_mutex_unlock(&w->mu);
+        *socket_context = c;
+        return;
+    }
+    struct conn_slot *c = *socket_context;
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&w->mu);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&w->mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+static void conn_watch_busy(struct server *srv, struct MHD_Connection *conn, bool busy)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn_slot *c = ci ? ci->socket_context : NULL;
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&srv->watch.mu);
+    c->busy = busy;
+    clock_gettime(CLOCK_MONOTONIC, &c->since);
+    pthread_mutex_unlock(&srv->watch.mu);
+}
+
+static void *watch_main(void *arg)
+{
+    struct server *srv = arg;
+    struct conn_watch *w = &srv->watch;
+    double limit = (double)srv->opt.connection_timeout_s;
+    pthread_mutex_lock(&w->mu);
+    while (!w->stop) {
+        for (struct conn_slot *c = w->head; c != NULL; c = c->next)
+            if (!c->busy && !c->cut && since_s(&c->since) > limit) {
+                /* No complete request head within the timeout, however many bytes trickled
+                 * in: shut the socket; MHD sees the error and closes the connection. */
+                shutdown(c->fd, SHUT_RDWR);
+                c->cut = true;
+            }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 250 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&w->cv, &w->mu, &until);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Request framing as RFC 9112 section 6 demands of a server: more than one Content-Length with
+ * different values, or Transfer-Encoding beside Content-Length, are how requests get smuggled
+ * past a proxy (400, close); a transfer coding other than chunked is not implemented (501). */
+struct framing {
+    int content_lengths;
+    const char *first_cl;
+    bool cl_differ;
+    int transfer_encodings;
+    bool te_chunked_only;
+};
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (key == NULL || value == NULL)
+        return MHD_YES;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->content_lengths++ == 0)
+            f->first_cl = value;
+        else if (strcmp(f->first_cl, value) != 0)
+            f->cl_differ = true;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encodings++;
+        f->te_chunked_only = strcasecmp(value, "chunked") == 0;
+    }
+    return MHD_YES;
+}
+
+/* Returns 0 when the framing is sound, else the status to answer (the connection closes). */
+static unsigned framing_check(struct MHD_Connection *conn, const char **why)
+{
+    struct framing f = {0, NULL, false, 0, false};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_header, &f);
+    if (f.transfer_encodings > 1 || (f.transfer_encodings == 1 && !f.te_chunked_only)) {
+        *why = "a transfer coding other than chunked";
+        return MHD_HTTP_NOT_IMPLEMENTED;
+    }
+    if (f.cl_differ) {
+        *why = "conflicting Content-Length headers";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.transfer_encodings > 0 && f.content_lengths > 0) {
+        *why = "Transfer-Encoding and Content-Length together";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    return 0;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -347,6 +494,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (rq == NULL)
             return MHD_NO;
         *con_cls = rq;
+        conn_watch_busy(srv, conn, true);
+        const char *why = NULL;
+        unsigned bad = framing_check(conn, &why);
+        if (bad != 0) {
+            rq->close_conn = true;
+            return http_respond_error(rq, bad, "request framing refused: %s", why);
+        }
         const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
         if (rq->route == NULL)
             return http_respond_error(rq, MHD_HTTP_NOT_FOUND, "no route for %s %s", method, url);
@@ -438,7 +592,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     struct server *srv = cls;
     struct request *rq = *con_cls;
     if (rq == NULL)
@@ -475,6 +628,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     free(id_masked);
     free(model_masked);
+    conn_watch_busy(srv, conn, false);
     guard_release(rq);
     free(rq->reason);
     free(rq->body);
@@ -599,8 +753,9 @@ int http_start(struct server *srv, struct err *e)
         per_conn ? 0U : srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
         srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, srv, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_ARRAY, tls_opts,
-        MHD_OPTION_END);
+        on_completed, srv, MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = err_set(e, INF_EIO,
                      tls ? "cannot start HTTPS on %s (address in use, or the certificate and key "
@@ -611,6 +766,11 @@ int http_start(struct server *srv, struct err *e)
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : 0;
+    srv->watch.stop = false;
+    if (pthread_create(&srv->watch.thread, NULL, watch_main, srv) == 0)
+        srv->watch.running = true;
+    else
+        log_msg(LOG_WARN, "no slow-header watchdog: cannot start its thread");
     rc = INF_OK;
 out:
     /* GnuTLS holds its own parsed copy from here on: wipe ours. */
@@ -623,6 +783,14 @@ out:
 
 void http_stop(struct server *srv)
 {
+    if (srv->watch.running) {
+        pthread_mutex_lock(&srv->watch.mu);
+        srv->watch.stop = true;
+        pthread_cond_signal(&srv->watch.cv);
+        pthread_mutex_unlock(&srv->watch.mu);
+        pthread_join(srv->watch.thread, NULL);
+        srv->watch.running = false;
+    }
     if (srv->daemon != NULL)
         MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;

@@ -15,6 +15,7 @@
 #ifndef INFERA_SERVER_HTTP_H
 #define INFERA_SERVER_HTTP_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -61,6 +62,17 @@ struct server_options {
     struct oip_limits limits;
 };
 
+/* Connections that have not started a request yet (or sit between requests): the slow-header
+ * watchdog closes them after --connection-timeout, which MHD's idle timeout alone does not do
+ * for a client that sends one byte a second (slowloris). */
+struct conn_watch {
+    pthread_mutex_t mu;
+    struct conn_slot *head; /* every open connection */
+    pthread_t thread;
+    bool running, stop;
+    pthread_cond_t cv;
+};
+
 struct server {
     struct server_options opt;
     struct registry *registry;
@@ -69,6 +81,7 @@ struct server {
     struct file_store *files; /* <data-dir>/files (files.h) */
     struct job_queue *jobs;   /* <data-dir>/jobs and the training workers (jobs.h) */
     struct MHD_Daemon *daemon;
+    struct conn_watch watch;
     uint16_t port;
     atomic_bool ready; /* started, initial scan done, not draining */
     atomic_bool draining;
@@ -124,7 +137,9 @@ struct request {
     const char *deny_reason;     /* static: "missing", "scope", "rate", ... for the audit */
     char *reason;                /* an error answer's message (masked at audit time), or NULL */
     const char *retry_after;     /* a 429's Retry-After value (static or rq->retry_buf) */
-    bool no_retry; /* x-should-retry: false: the OpenAI SDKs would otherwise retry a 409/429 */
+    bool no_retry;   /* x-should-retry: false: the OpenAI SDKs would otherwise retry a 409/429 */
+    bool close_conn; /* answer with Connection: close (bad framing, 413) */
+    char allow[64];  /* every method of the routes that match the path (405) */
     char retry_buf[16];
 };
 

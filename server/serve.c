@@ -264,6 +264,8 @@ int cli_serve(int argc, char **argv)
 {
     struct server srv;
     memset(&srv, 0, sizeof srv);
+    pthread_mutex_init(&srv.watch.mu, NULL);
+    pthread_cond_init(&srv.watch.cv, NULL);
     int rc = options_parse(&srv.opt, argc, argv);
     if (rc)
         return rc == 1 ? 0 : rc;
