@@ -539,7 +539,9 @@ static inline __attribute__((always_inline)) float fast_expf(float x)
                 5.0000001201E-1f) *
                z) +
               r + 1.0f;
-    int32_t bits = ((int32_t)fl + 127) * (1 << 23);
+    /* The clamps above let NaN through (comparisons with NaN are false); converting a NaN fl to
+     * int is undefined behaviour, so convert 0 instead: y is NaN already and carries it out. */
+    int32_t bits = ((int32_t)(fl == fl ? fl : 0.0f) + 127) * (1 << 23);
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return y * scale;

@@ -22,11 +22,10 @@
 static void check_same(const struct model *a, const struct model *b)
 {
     const struct model_info *x = model_get_info(a), *y = model_get_info(b);
-    FUZZ_CHECK(x->task == y->task && x->input_kind == y->input_kind &&
-                   x->raw_size == y->raw_size && x->in_size == y->in_size &&
-                   x->out_size == y->out_size && x->n_labels == y->n_labels &&
-                   x->n_layers == y->n_layers && x->n_params == y->n_params &&
-                   x->input_rank == y->input_rank,
+    FUZZ_CHECK(x->task == y->task && x->input_kind == y->input_kind && x->raw_size == y->raw_size &&
+                   x->in_size == y->in_size && x->out_size == y->out_size &&
+                   x->n_labels == y->n_labels && x->n_layers == y->n_layers &&
+                   x->n_params == y->n_params && x->input_rank == y->input_rank,
                "reloaded model differs in its info");
     FUZZ_CHECK(strcmp(x->input_name, y->input_name) == 0 &&
                    strcmp(x->input_datatype, y->input_datatype) == 0,

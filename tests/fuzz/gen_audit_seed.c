@@ -114,12 +114,12 @@ int main(int argc, char **argv)
     remove_log(dir);
     if (audit_open(dir, key, &opt, &log, &e) != INF_OK)
         die("audit_open", &e);
-    append(log, json_pack("{s:s, s:s, s:i}", "event", "request", "key", "Ab3dE6gH", "status",
-                          200));
+    append(log, json_pack("{s:s, s:s, s:i}", "event", "request", "key", "Ab3dE6gH", "status", 200));
     append(log, json_pack("{s:s, s:s}", "event", "denied", "reason", "bad_secret"));
-    append(log, json_pack("{s:s, s:f, s:b, s:n}", "event", "model.load", "ms", 0.1, "ok", 1,
-                          "note"));
-    append(log, json_pack("{s:s, s:s}", "event", "note", "text", "caf\xc3\xa9 \xf0\x9f\x98\x80 \"q\"\t\\"));
+    append(log,
+           json_pack("{s:s, s:f, s:b, s:n}", "event", "model.load", "ms", 0.1, "ok", 1, "note"));
+    append(log, json_pack("{s:s, s:s}", "event", "note", "text",
+                          "caf\xc3\xa9 \xf0\x9f\x98\x80 \"q\"\t\\"));
     append(log, json_pack("{s:s, s:I, s:f}", "event", "job", "id", (json_int_t)-9007199254740993LL,
                           "loss", 1e-300));
     for (int i = 0; i < 7; i++)
