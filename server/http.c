@@ -740,22 +740,27 @@ int http_start(struct server *srv, struct err *e)
         flags |= MHD_USE_IPv6;
     if (tls)
         flags |= MHD_USE_TLS;
-    struct MHD_OptionItem tls_opts[] = {
-        {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, cert},
-        {MHD_OPTION_HTTPS_MEM_KEY, 0, key},
-        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities},
-        {MHD_OPTION_END, 0, NULL},
-    };
+    /* Options that depend on the settings: a pool size only for a pool, TLS only with TLS. */
+    struct MHD_OptionItem opts[5];
+    size_t k = 0;
+    if (!per_conn)
+        opts[k++] =
+            (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, srv->opt.http_threads, NULL};
+    if (tls) {
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert};
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities};
+    }
+    opts[k] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE,
-        per_conn ? 0U : srv->opt.http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        srv->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
+        (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, srv->opt.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, srv->opt.connection_memory, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, srv, MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_ARRAY,
+        opts, MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = err_set(e, INF_EIO,
                      tls ? "cannot start HTTPS on %s (address in use, or the certificate and key "
