@@ -383,8 +383,11 @@ static int key_set_parse(const char *text, size_t len, struct key_set *out, stru
     int rc = INF_OK;
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (root == NULL)
-        return err_set(e, INF_EINVAL, "line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+    if (root == NULL) /* jansson leaves the text empty only when an allocation failed */
+        return jerr.text[0] == '\0'
+                   ? err_set(e, INF_ENOMEM, "out of memory parsing it")
+                   : err_set(e, INF_EINVAL, "line %d column %d: %s", jerr.line, jerr.column,
+                             jerr.text);
     json_t *ver = json_object_get(root, "version");
     json_t *keys = json_object_get(root, "keys");
     if (!json_is_object(root)) {
@@ -575,14 +578,20 @@ static void keystore_refresh(struct keystore *ks)
         struct key_set fresh = {0};
         struct file_ident ident;
         /* fail closed: no keys until the file is fixed (logged once per bad version, since
-         * the bad version's identity is installed with the empty set) */
-        if (key_set_load(ks->path, &fresh, &ident, &e) != 0)
+         * the bad version's identity is installed with the empty set). Running out of memory
+         * says nothing about the file: keep the current set and retry at the next call. */
+        int rc = key_set_load(ks->path, &fresh, &ident, &e);
+        if (rc != 0)
             key_set_free(&fresh);
-        install_locked(ks, &fresh, &ident);
-        atomic_fetch_add_explicit(&ks->n_reloads, 1, memory_order_relaxed);
+        if (rc != INF_ENOMEM) {
+            install_locked(ks, &fresh, &ident);
+            atomic_fetch_add_explicit(&ks->n_reloads, 1, memory_order_relaxed);
+        }
     }
     pthread_rwlock_unlock(&ks->rw);
-    if (e.status != 0) /* the log sink is a callback: never called under rw */
+    if (e.status == INF_ENOMEM) /* the log sink is a callback: never called under rw */
+        log_msg(LOG_ERROR, "keys: %s; keeping the keys already loaded, retrying", e.msg);
+    else if (e.status != 0)
         log_msg(LOG_ERROR, "keys: %s; refusing every key until it is fixed", e.msg);
 }
 

@@ -15,8 +15,10 @@
  * one binary runs everywhere and uses 8-wide vectors where it can. The C standard mode keeps
  * floating-point contraction off, so both clones compute bit-identical results.
  */
+/* Not under sanitizers: an ifunc resolver runs before their runtimes start (ThreadSanitizer
+ * crashes in it at load). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
-    !defined(__SANITIZE_ADDRESS__)
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define MODEL_HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define MODEL_HOT

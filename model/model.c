@@ -43,7 +43,12 @@ struct model *model_load_buffers(const char *config, size_t config_len, const vo
     }
     doc = json_loadb(config, config_len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL) {
-        err_set(e, INF_EINVAL, "model.json: line %d column %d: %s", je.line, je.column, je.text);
+        /* jansson leaves the text empty only when an allocation failed */
+        if (je.text[0] == '\0')
+            err_set(e, INF_ENOMEM, "model.json: out of memory parsing it");
+        else
+            err_set(e, INF_EINVAL, "model.json: line %d column %d: %s", je.line, je.column,
+                    je.text);
         goto fail;
     }
     m = calloc(1, sizeof *m);

@@ -150,8 +150,11 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
             json_error_t je;
             json_t *obj = json_loadb(data + pos, end - pos, JSON_REJECT_DUPLICATES, &je);
             if (obj == NULL) {
-                rc = err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s", lineno,
-                             je.column, je.text);
+                /* jansson leaves the text empty only when an allocation failed */
+                rc = je.text[0] == '\0'
+                         ? err_set(e, INF_ENOMEM, "line %zu: out of memory parsing it", lineno)
+                         : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s",
+                                   lineno, je.column, je.text);
                 goto fail;
             }
             rc = parse_line(m, obj, i, lineno, text_fn, user, ds, e);

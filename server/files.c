@@ -346,9 +346,11 @@ int file_validate_training(const char *data, size_t len, const struct file_limit
         n++;
         json_error_t je;
         json_t *obj = json_loadb(line, llen, JSON_REJECT_DUPLICATES, &je);
-        if (obj == NULL)
-            return err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s", lineno,
-                           je.column, je.text);
+        if (obj == NULL) /* jansson leaves the text empty only when an allocation failed */
+            return je.text[0] == '\0'
+                       ? err_set(e, INF_ENOMEM, "line %zu: out of memory parsing it", lineno)
+                       : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s",
+                                 lineno, je.column, je.text);
         int rc = line_check(obj, lineno, &sh, e);
         json_decref(obj);
         if (rc != INF_OK)
@@ -462,6 +464,10 @@ static int meta_load(const struct file_store *fs, const char *id, struct file_en
         goto out;
     json_error_t je;
     o = json_loadb(data, len, 0, &je);
+    if (o == NULL && je.text[0] == '\0') { /* jansson: an allocation failed */
+        rc = err_set(e, INF_ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
     memset(ent, 0, sizeof *ent);
     const json_t *bytes = json_object_get(o, "bytes"), *created = json_object_get(o, "created_at"),
                  *seq = json_object_get(o, "seq");
@@ -493,6 +499,28 @@ static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Moves a file whose metadata is damaged aside: <id>.json and <id> become
+ * <id>.json.corrupt-<ts> and <id>.corrupt-<ts>, kept for a human, never loaded or removed as
+ * orphans (neither name is a file id). */
+static void quarantine(struct file_store *fs, const char *id, const char *why)
+{
+    char from[FILE_PATH_MAX], to[FILE_PATH_MAX + 32];
+    long long ts = (long long)time(NULL);
+    log_msg(LOG_ERROR, "files: skipped %s.json: %s; damaged: quarantined as %s.corrupt-%lld", id,
+            why, id, ts);
+    if (content_path(fs, id, from, sizeof from) == INF_OK) {
+        snprintf(to, sizeof to, "%s.corrupt-%lld", from, ts);
+        if (rename(from, to) != 0 && errno != ENOENT)
+            log_msg(LOG_ERROR, "files: cannot move %s aside: %s", from, strerror(errno));
+    }
+    if (meta_path(fs, id, from, sizeof from) == INF_OK) {
+        snprintf(to, sizeof to, "%s.corrupt-%lld", from, ts);
+        if (rename(from, to) != 0)
+            log_msg(LOG_ERROR, "files: cannot move %s aside: %s", from, strerror(errno));
+    }
+    fs_fsync_dir(fs->dir, NULL);
 }
 
 /* Removes content files without metadata (a crash between the two writes, or during a
@@ -557,7 +585,12 @@ struct file_store *file_store_open(const char *data_dir, const struct master_key
             continue;
         struct file_entry ent;
         struct err le = {0};
-        if (meta_load(fs, id, &ent, &le) != INF_OK) {
+        int mrc = meta_load(fs, id, &ent, &le);
+        if (mrc == INF_EINVAL) {
+            quarantine(fs, id, le.msg);
+            continue;
+        }
+        if (mrc != INF_OK) {
             log_msg(LOG_WARN, "files: skipped %s: %s", de->d_name, le.msg);
             continue;
         }

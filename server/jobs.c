@@ -378,6 +378,10 @@ static int load_job(struct job_queue *q, const char *id, struct job **out)
         json_error_t je;
         j->doc = json_loadb(data, len, 0, &je);
         free(data);
+        if (j->doc == NULL && je.text[0] == '\0') { /* jansson: an allocation failed */
+            job_free(j);
+            return INF_ENOMEM;
+        }
         const char *st = doc_str(j, "status");
         const char *owner = doc_str(j, "_owner");
         json_t *seq = json_object_get(j->doc, "_seq");
@@ -466,7 +470,20 @@ struct job_queue *job_queue_open(const struct job_queue_config *cfg, struct err 
             continue;
         }
         struct job *j = NULL;
-        if (load_job(q, de->d_name, &j) != INF_OK)
+        int lrc = load_job(q, de->d_name, &j);
+        if (lrc == INF_EINVAL) {
+            /* Damaged (not a job): move it aside so that it is reported once, never loaded,
+             * and kept for a human. The new name is not a job id, so later opens skip it. */
+            char from[4200], to[4300];
+            snprintf(from, sizeof from, "%s/%s", q->dir, de->d_name);
+            snprintf(to, sizeof to, "%s.corrupt-%lld", from, (long long)now_s());
+            if (rename(from, to) == 0)
+                log_msg(LOG_ERROR, "job %s: quarantined as %s", de->d_name, to);
+            else
+                log_msg(LOG_ERROR, "job %s: cannot quarantine (%s); skipped", de->d_name,
+                        strerror(errno));
+        }
+        if (lrc != INF_OK)
             continue;
         if (push_job(q, j) != INF_OK) {
             job_free(j);

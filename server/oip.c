@@ -726,10 +726,13 @@ json_t *oip_response_build(const struct model *m, const char *model_name, const 
             json_decref(probs);
             probs = NULL;
         }
-        if ((labels != NULL &&
-             append_new(outs, tensor_json("top_k_labels", "BYTES", B, k, true, labels))) ||
-            (probs != NULL &&
-             append_new(outs, tensor_json("top_k_probabilities", "FP32", B, k, true, probs))))
+        if (labels != NULL &&
+            append_new(outs, tensor_json("top_k_labels", "BYTES", B, k, true, labels))) {
+            json_decref(probs); /* not handed over yet: ours to free */
+            goto fail;
+        }
+        if (probs != NULL &&
+            append_new(outs, tensor_json("top_k_probabilities", "FP32", B, k, true, probs)))
             goto fail;
     }
     if (json_object_set_new(res, "outputs", outs) != 0) {
