@@ -392,8 +392,9 @@ static int load_job(struct job_queue *q, const char *id, struct job **out)
         if (st != NULL && strcmp(st, "validating_files") == 0)
             s = JOB_QUEUED;
         if (!json_is_object(j->doc) || s < 0 || owner == NULL || strlen(owner) > KEY_ID_LEN ||
-            !json_is_integer(seq) || strcmp(str_or(doc_str(j, "id"), ""), id) != 0 ||
-            doc_str(j, "model") == NULL || doc_str(j, "training_file") == NULL) {
+            !json_is_integer(seq) || json_integer_value(seq) < 0 ||
+            strcmp(str_or(doc_str(j, "id"), ""), id) != 0 || doc_str(j, "model") == NULL ||
+            doc_str(j, "training_file") == NULL) {
             log_msg(LOG_ERROR, "job %s: job.json is not a job; skipped", id);
             rc = INF_EINVAL;
         } else {
