@@ -321,11 +321,15 @@ static void client_address(struct MHD_Connection *conn, char *out, size_t cap)
 
 static void sha256_hex(const void *data, size_t len, char out[65])
 {
+    static const char digits[] = "0123456789abcdef";
     unsigned char d[32];
     unsigned int n = 0;
     EVP_Digest(data, len, d, &n, EVP_sha256(), NULL);
-    for (size_t i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    for (size_t i = 0; i < 32; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[64] = '\0';
 }
 
 /* The route's captured parameters under their audit names: {m} model, {v} version, any other
