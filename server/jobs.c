@@ -44,6 +44,7 @@
 #include <ftw.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -816,9 +817,13 @@ static void run_job(struct job_queue *q, struct job *j)
 static void *worker_main(void *arg)
 {
     struct job_queue *q = arg;
-    /* Training yields to inference: a lower priority for this thread only (Linux: nice is
-     * per thread). Failure (e.g. a sandbox) only costs fairness. */
-    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
+    /* Training yields to inference: SCHED_IDLE for this thread only, so it runs on whatever
+     * CPU inference leaves and never takes a core from a request (nice 10 still took ~64% of
+     * a core under load: bench/jobs). On an idle machine it trains at full speed. If the
+     * policy is refused (a sandbox), nice 10 is the fallback; failure only costs fairness. */
+    struct sched_param sp = {0};
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0 &&
+        setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
         log_msg(LOG_DEBUG, "job worker: setpriority: %s", strerror(errno));
     pthread_mutex_lock(&q->lock);
     while (!atomic_load(&q->stopping)) {
