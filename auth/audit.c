@@ -77,18 +77,6 @@ struct audit_log {
  * Records
  * ---------------------------------------------------------------------------------------- */
 
-static void utc_now(char out[32])
-{
-    struct timespec ts;
-    struct tm tm;
-    char when[24];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    unsigned ms = (unsigned)(ts.tv_nsec / 1000000L) % 1000u;
-    snprintf(out, 32, "%.20s.%03uZ", when, ms);
-}
-
 static bool key_ok(const char *k)
 {
     size_t n = strlen(k);
@@ -150,7 +138,7 @@ static json_t *record_new(const json_t *src)
 {
     char ts[32];
     json_t *rec = src != NULL ? json_deep_copy(src) : json_object();
-    utc_now(ts);
+    utc_timestamp(ts);
     if (rec == NULL || json_object_set_new(rec, "ts", json_string(ts)) != 0) {
         json_decref(rec);
         return NULL;
@@ -420,6 +408,19 @@ static bool writable_probe(struct audit_log *log)
     return geteuid() == 0 ? vfs.f_bfree > 0 : vfs.f_bavail > 0;
 }
 
+/* Now plus ns (< 1 s) on the monotonic clock, the clock of work_cv's timed waits. */
+static struct timespec deadline_in(long ns)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_nsec += ns;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 static void *writer_main(void *arg)
 {
     struct audit_log *log = arg;
@@ -430,13 +431,7 @@ static void *writer_main(void *arg)
                 pthread_cond_wait(&log->work_cv, &log->mu);
                 continue;
             }
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += AUDIT_RETRY_NS;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = deadline_in(AUDIT_RETRY_NS);
             if (pthread_cond_timedwait(&log->work_cv, &log->mu, &until) != 0 && log->head == NULL &&
                 !log->healthy) {
                 pthread_mutex_unlock(&log->mu);
@@ -458,13 +453,7 @@ static void *writer_main(void *arg)
          * batch settles near the number of concurrent appenders. */
         size_t target = log->last_batch + 1;
         if (log->last_batch > 1 && log->queued < target && !log->stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += AUDIT_GATHER_NS;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = deadline_in(AUDIT_GATHER_NS);
             while (log->queued < target && !log->stopping &&
                    pthread_cond_timedwait(&log->work_cv, &log->mu, &until) == 0)
                 ;

@@ -105,17 +105,24 @@ static const char *log_level_name(enum log_level level)
     }
 }
 
-static void log_default_sink(enum log_level level, const char *msg, void *user)
+void utc_timestamp(char out[32])
 {
-    (void)user;
     struct timespec ts;
     struct tm tm;
-    char when[32];
+    char when[24];
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 32, "%.20s.%03uZ", when, (unsigned)(ts.tv_nsec / 1000000L) % 1000u);
+}
+
+static void log_default_sink(enum log_level level, const char *msg, void *user)
+{
+    (void)user;
+    char when[32];
+    utc_timestamp(when);
     /* One fprintf per line keeps lines from different threads whole (stdio locks the FILE). */
-    fprintf(stderr, "%s.%03ldZ %s %s\n", when, ts.tv_nsec / 1000000L, log_level_name(level), msg);
+    fprintf(stderr, "%s %s %s\n", when, log_level_name(level), msg);
 }
 
 void log_set_sink(log_sink_fn sink, void *user, enum log_level min_level)

@@ -78,6 +78,10 @@ typedef void (*log_sink_fn)(enum log_level level, const char *msg, void *user);
  */
 void log_set_sink(log_sink_fn sink, void *user, enum log_level min_level);
 
+/* Writes the current UTC time as RFC 3339 with milliseconds ("2026-11-28T23:44:04.070Z",
+ * 24 characters and a NUL) into out. */
+void utc_timestamp(char out[32]);
+
 /* Formats and writes one log line. Never logs request bodies or secrets: callers pass ids. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -22,10 +22,7 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
     json_t *val;
     json_object_foreach((json_t *)obj, key, val)
     {
-        /* "weight", "id" and "metadata" are carried by some exporters; they are ignored (the
-         * same rule as file_validate_training at upload). */
-        if (strcmp(key, "input") != 0 && strcmp(key, "label") != 0 && strcmp(key, "target") != 0 &&
-            strcmp(key, "weight") != 0 && strcmp(key, "id") != 0 && strcmp(key, "metadata") != 0)
+        if (!dataset_field_known(key))
             return err_set(e, INF_EINVAL,
                            "line %zu: unknown field \"%.64s\" (known: input, label, target; "
                            "ignored: weight, id, metadata)",
@@ -109,6 +106,15 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
     return oip_tensor_from_json(target, "FP32", &d, 1, ds->y_dim, t, what, e);
 }
 
+bool dataset_field_known(const char *key)
+{
+    static const char *const known[] = {"input", "label", "target", "weight", "id", "metadata"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(key, known[i]) == 0)
+            return true;
+    return false;
+}
+
 int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
                         dataset_text_fn text_fn, void *user, struct model_dataset *ds,
                         struct err *e)
@@ -153,8 +159,8 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
                 /* jansson leaves the text empty only when an allocation failed */
                 rc = je.text[0] == '\0'
                          ? err_set(e, INF_ENOMEM, "line %zu: out of memory parsing it", lineno)
-                         : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s",
-                                   lineno, je.column, je.text);
+                         : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s", lineno,
+                                   je.column, je.text);
                 goto fail;
             }
             rc = parse_line(m, obj, i, lineno, text_fn, user, ds, e);

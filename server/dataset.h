@@ -29,6 +29,11 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
                         dataset_text_fn text_fn, void *user, struct model_dataset *ds,
                         struct err *e);
 
+/* Is key a field a training line may carry? "input", "label", "target" are read; "weight",
+ * "id" and "metadata" (some exporters add them) are ignored. One rule for dataset_parse_jsonl
+ * and the upload check (files.c). */
+bool dataset_field_known(const char *key);
+
 /* Reads the file at path (at most max_bytes) and parses it as dataset_parse_jsonl. */
 int dataset_load_jsonl(const struct model *m, const char *path, size_t max_bytes,
                        struct model_dataset *ds, struct err *e);

@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "dataset.h"
 #include "files.h"
 
 #define FILE_SEAL_PURPOSE "file"
@@ -223,11 +224,7 @@ static int line_check(const json_t *obj, size_t lineno, struct train_shape *sh, 
     json_t *val;
     json_object_foreach((json_t *)obj, key, val)
     {
-        static const char *const known[] = {"input", "label", "target", "weight", "id", "metadata"};
-        bool ok = false;
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-            ok = ok || strcmp(key, known[i]) == 0;
-        if (!ok)
+        if (!dataset_field_known(key))
             return err_set(e, INF_EINVAL,
                            "line %zu: unknown field \"%.64s\" (allowed: input, label or target, "
                            "weight, id, metadata)",
@@ -349,8 +346,8 @@ int file_validate_training(const char *data, size_t len, const struct file_limit
         if (obj == NULL) /* jansson leaves the text empty only when an allocation failed */
             return je.text[0] == '\0'
                        ? err_set(e, INF_ENOMEM, "line %zu: out of memory parsing it", lineno)
-                       : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s",
-                                 lineno, je.column, je.text);
+                       : err_set(e, INF_EINVAL, "line %zu: invalid JSON at column %d: %s", lineno,
+                                 je.column, je.text);
         int rc = line_check(obj, lineno, &sh, e);
         json_decref(obj);
         if (rc != INF_OK)

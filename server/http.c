@@ -20,40 +20,41 @@
  * ---------------------------------------------------------------------------------------- */
 
 static const struct route routes[] = {
-    {"GET", "/v2/health/live", handle_live, false, ROUTE_OPEN},
-    {"GET", "/v2/health/ready", handle_ready, false, ROUTE_OPEN},
-    {"GET", "/v2", handle_server_meta, false, ROUTE_INFER},
-    {"GET", "/v2/models", handle_models_list, false, ROUTE_INFER},
-    {"GET", "/v2/models/{m}", handle_model_meta, false, ROUTE_INFER},
-    {"GET", "/v2/models/{m}/versions/{v}", handle_model_meta, false, ROUTE_INFER},
-    {"GET", "/v2/models/{m}/ready", handle_model_ready, false, ROUTE_INFER},
-    {"GET", "/v2/models/{m}/versions/{v}/ready", handle_model_ready, false, ROUTE_INFER},
-    {"POST", "/v2/models/{m}/infer", handle_infer, true, ROUTE_INFER},
-    {"POST", "/v2/models/{m}/versions/{v}/infer", handle_infer, true, ROUTE_INFER},
-    {"POST", "/v2/models/{m}/explain", handle_explain, true, ROUTE_INFER},
-    {"POST", "/v2/models/{m}/versions/{v}/explain", handle_explain, true, ROUTE_INFER},
-    {"POST", "/v2/repository/index", handle_repo_index, true, ROUTE_ADMIN},
-    {"POST", "/v2/repository/models/{m}/load", handle_repo_load, true, ROUTE_ADMIN},
-    {"POST", "/v2/repository/models/{m}/unload", handle_repo_unload, true, ROUTE_ADMIN},
-    {"POST", "/v1/keys", handle_keys_create, true, ROUTE_ADMIN},
-    {"GET", "/v1/keys", handle_keys_list, false, ROUTE_ADMIN},
-    {"GET", "/v1/keys/{k}", handle_keys_get, false, ROUTE_ADMIN},
-    {"DELETE", "/v1/keys/{k}", handle_keys_revoke, false, ROUTE_ADMIN},
-    {"POST", "/v1/files", handle_files_create, true, ROUTE_TRAIN},
-    {"GET", "/v1/files", handle_files_list, false, ROUTE_TRAIN},
-    {"GET", "/v1/files/{f}", handle_files_get, false, ROUTE_TRAIN},
-    {"GET", "/v1/files/{f}/content", handle_files_content, false, ROUTE_TRAIN},
-    {"DELETE", "/v1/files/{f}", handle_files_delete, false, ROUTE_TRAIN},
-    {"POST", "/v1/fine_tuning/jobs", handle_jobs_create, true, ROUTE_TRAIN},
-    {"GET", "/v1/fine_tuning/jobs", handle_jobs_list, false, ROUTE_TRAIN},
-    {"GET", "/v1/fine_tuning/jobs/{j}", handle_jobs_get, false, ROUTE_TRAIN},
-    {"POST", "/v1/fine_tuning/jobs/{j}/cancel", handle_jobs_cancel, true, ROUTE_TRAIN},
-    {"GET", "/v1/fine_tuning/jobs/{j}/events", handle_jobs_events, false, ROUTE_TRAIN},
-    {"GET", "/v1/fine_tuning/jobs/{j}/checkpoints", handle_jobs_checkpoints, false, ROUTE_TRAIN},
-    {"GET", "/v1/audit", handle_audit_list, false, ROUTE_ADMIN},
-    {"GET", "/metrics", handle_metrics, false, ROUTE_METRICS},
-    {"GET", "/console", handle_console, false, ROUTE_OPEN},
-    {"GET", "/console/{a}", handle_console, false, ROUTE_OPEN},
+    {"GET", "/v2/health/live", handle_live, BODY_NONE, ROUTE_OPEN},
+    {"GET", "/v2/health/ready", handle_ready, BODY_NONE, ROUTE_OPEN},
+    {"GET", "/v2", handle_server_meta, BODY_NONE, ROUTE_INFER},
+    {"GET", "/v2/models", handle_models_list, BODY_NONE, ROUTE_INFER},
+    {"GET", "/v2/models/{m}", handle_model_meta, BODY_NONE, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/versions/{v}", handle_model_meta, BODY_NONE, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/ready", handle_model_ready, BODY_NONE, ROUTE_INFER},
+    {"GET", "/v2/models/{m}/versions/{v}/ready", handle_model_ready, BODY_NONE, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/infer", handle_infer, BODY_JSON, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/versions/{v}/infer", handle_infer, BODY_JSON, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/explain", handle_explain, BODY_JSON, ROUTE_INFER},
+    {"POST", "/v2/models/{m}/versions/{v}/explain", handle_explain, BODY_JSON, ROUTE_INFER},
+    {"POST", "/v2/repository/index", handle_repo_index, BODY_JSON, ROUTE_ADMIN},
+    {"POST", "/v2/repository/models/{m}/load", handle_repo_load, BODY_JSON, ROUTE_ADMIN},
+    {"POST", "/v2/repository/models/{m}/unload", handle_repo_unload, BODY_JSON, ROUTE_ADMIN},
+    {"POST", "/v1/keys", handle_keys_create, BODY_JSON, ROUTE_ADMIN},
+    {"GET", "/v1/keys", handle_keys_list, BODY_NONE, ROUTE_ADMIN},
+    {"GET", "/v1/keys/{k}", handle_keys_get, BODY_NONE, ROUTE_ADMIN},
+    {"DELETE", "/v1/keys/{k}", handle_keys_revoke, BODY_NONE, ROUTE_ADMIN},
+    {"POST", "/v1/files", handle_files_create, BODY_UPLOAD, ROUTE_TRAIN},
+    {"GET", "/v1/files", handle_files_list, BODY_NONE, ROUTE_TRAIN},
+    {"GET", "/v1/files/{f}", handle_files_get, BODY_NONE, ROUTE_TRAIN},
+    {"GET", "/v1/files/{f}/content", handle_files_content, BODY_NONE, ROUTE_TRAIN},
+    {"DELETE", "/v1/files/{f}", handle_files_delete, BODY_NONE, ROUTE_TRAIN},
+    {"POST", "/v1/fine_tuning/jobs", handle_jobs_create, BODY_JSON, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs", handle_jobs_list, BODY_NONE, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}", handle_jobs_get, BODY_NONE, ROUTE_TRAIN},
+    {"POST", "/v1/fine_tuning/jobs/{j}/cancel", handle_jobs_cancel, BODY_JSON, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}/events", handle_jobs_events, BODY_NONE, ROUTE_TRAIN},
+    {"GET", "/v1/fine_tuning/jobs/{j}/checkpoints", handle_jobs_checkpoints, BODY_NONE,
+     ROUTE_TRAIN},
+    {"GET", "/v1/audit", handle_audit_list, BODY_NONE, ROUTE_ADMIN},
+    {"GET", "/metrics", handle_metrics, BODY_NONE, ROUTE_METRICS},
+    {"GET", "/console", handle_console, BODY_NONE, ROUTE_OPEN},
+    {"GET", "/console/{a}", handle_console, BODY_NONE, ROUTE_OPEN},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
@@ -172,10 +173,10 @@ enum MHD_Result http_respond_extra(struct request *rq, unsigned status, const ch
     return res;
 }
 
-enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj)
+/* Answers with the JSON text s (taken: freed here); NULL, an allocation that failed, answers
+ * 503 "out of memory" instead. */
+static enum MHD_Result respond_json_text(struct request *rq, unsigned status, char *s)
 {
-    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    json_decref(obj);
     if (s == NULL) {
         static const char oom[] = "{\"error\":\"out of memory\"}";
         return http_respond(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", oom,
@@ -184,6 +185,13 @@ enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *o
     enum MHD_Result res = http_respond(rq, status, "application/json", s, strlen(s));
     free(s);
     return res;
+}
+
+enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj)
+{
+    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(obj);
+    return respond_json_text(rq, status, s);
 }
 
 /* Makes s valid UTF-8 in place: messages quote client text, which may be cut mid-character by
@@ -222,15 +230,7 @@ enum MHD_Result http_respond_error(struct request *rq, unsigned status, const ch
     utf8_sanitize(msg);
     if (rq->reason == NULL)
         rq->reason = strdup(msg); /* for the audit record; masked there */
-    char *body = error_body(rq, status, msg);
-    if (body == NULL) {
-        static const char oom[] = "{\"error\":\"out of memory\"}";
-        return http_respond(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "application/json", oom,
-                            sizeof oom - 1);
-    }
-    enum MHD_Result res = http_respond(rq, status, "application/json", body, strlen(body));
-    free(body);
-    return res;
+    return respond_json_text(rq, status, error_body(rq, status, msg));
 }
 
 unsigned http_status_of(int status)
@@ -272,7 +272,7 @@ static bool request_id_ok(const char *s)
  * (or binary tensors) under --max-body-bytes. */
 static bool is_upload(const struct request *rq)
 {
-    return rq->route != NULL && rq->route->handler == handle_files_create;
+    return rq->route != NULL && rq->route->body == BODY_UPLOAD;
 }
 
 static size_t body_cap(const struct request *rq)
@@ -512,7 +512,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return res;
         const char *ct =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-        if (rq->route->has_body && !content_type_ok(rq, ct))
+        if (rq->route->body != BODY_NONE && !content_type_ok(rq, ct))
             return http_respond_error(
                 rq, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
                 is_upload(rq)
@@ -546,7 +546,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             rq->discarded += n;
             return rq->discarded > 4 * body_cap(rq) ? MHD_NO : MHD_YES;
         }
-        if (!rq->route->has_body)
+        if (rq->route->body == BODY_NONE)
             return MHD_YES; /* GET with a body: ignored */
         if (rq->body_len + n > body_cap(rq)) {
             /* libmicrohttpd 0.9.75 cannot answer in the middle of an upload: drop the body,

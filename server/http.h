@@ -104,12 +104,16 @@ enum route_access {
     ROUTE_METRICS = 1u << 8,
 };
 
+/* The body a route reads: none (a body sent anyway is ignored), JSON (or binary tensors) under
+ * --max-body-bytes, or a multipart/form-data upload under --max-file-bytes. */
+enum route_body { BODY_NONE, BODY_JSON, BODY_UPLOAD };
+
 struct route {
     const char *method;
     const char *pattern; /* "/v2/models/{m}/versions/{v}/infer": {x} captures one segment */
     route_fn handler;
-    bool has_body;   /* reads a JSON body */
-    unsigned access; /* enum route_access */
+    enum route_body body; /* what the route reads */
+    unsigned access;      /* enum route_access */
 };
 
 /* One request, from its first callback to completion (MHD's con_cls). */

@@ -1180,8 +1180,10 @@ int job_queue_cancel(struct job_queue *q, const char *id, const char *owner, boo
     return rc;
 }
 
-int job_queue_events(struct job_queue *q, const char *id, const char *owner, bool admin,
-                     const char *after, size_t limit, json_t **list, struct err *e)
+/* Pages one of a job's arrays (oldest first): its events, or its checkpoints. */
+static int job_array_page(struct job_queue *q, const char *id, const char *owner, bool admin,
+                          bool checkpoints, const char *after, size_t limit, json_t **list,
+                          struct err *e)
 {
     pthread_mutex_lock(&q->lock);
     struct job *j = find_job(q, id);
@@ -1189,13 +1191,14 @@ int job_queue_events(struct job_queue *q, const char *id, const char *owner, boo
     if (j == NULL || !visible(j, owner, admin)) {
         rc = err_set(e, INF_ENOTFOUND, "no fine-tuning job with id %.64s", id);
     } else {
-        size_t n = json_array_size(j->events);
+        json_t *arr = checkpoints ? json_object_get(j->doc, "_checkpoints") : j->events;
+        size_t n = json_array_size(arr);
         json_t **items = malloc((n + 1) * sizeof *items);
         rc = INF_ENOMEM;
         if (items != NULL) {
             for (size_t i = 0; i < n; i++)
-                items[i] = json_array_get(j->events, i);
-            rc = page(items, n, after, limit, list, "event", e);
+                items[i] = json_array_get(arr, i);
+            rc = page(items, n, after, limit, list, checkpoints ? "checkpoint" : "event", e);
         }
         free(items);
     }
@@ -1203,26 +1206,14 @@ int job_queue_events(struct job_queue *q, const char *id, const char *owner, boo
     return rc;
 }
 
+int job_queue_events(struct job_queue *q, const char *id, const char *owner, bool admin,
+                     const char *after, size_t limit, json_t **list, struct err *e)
+{
+    return job_array_page(q, id, owner, admin, false, after, limit, list, e);
+}
+
 int job_queue_checkpoints(struct job_queue *q, const char *id, const char *owner, bool admin,
                           const char *after, size_t limit, json_t **list, struct err *e)
 {
-    pthread_mutex_lock(&q->lock);
-    struct job *j = find_job(q, id);
-    int rc;
-    if (j == NULL || !visible(j, owner, admin)) {
-        rc = err_set(e, INF_ENOTFOUND, "no fine-tuning job with id %.64s", id);
-    } else {
-        json_t *cks = json_object_get(j->doc, "_checkpoints");
-        size_t n = json_array_size(cks);
-        json_t **items = malloc((n + 1) * sizeof *items);
-        rc = INF_ENOMEM;
-        if (items != NULL) {
-            for (size_t i = 0; i < n; i++)
-                items[i] = json_array_get(cks, i);
-            rc = page(items, n, after, limit, list, "checkpoint", e);
-        }
-        free(items);
-    }
-    pthread_mutex_unlock(&q->lock);
-    return rc;
+    return job_array_page(q, id, owner, admin, true, after, limit, list, e);
 }
