@@ -2,11 +2,21 @@
  * auth/audit.c - the audit log writer: validation, the group-commit thread, segments, and
  * crash recovery at start-up. The format, MAC and verification live in audit_verify.c.
  *
- * Appenders put an item on a FIFO queue and sleep. The writer thread takes up to max_batch
- * items, gives them seqs in queue order, serialises and MACs them into one buffer, and makes
- * that durable with one write() and one fdatasync() (a group commit); then it wakes the
- * appenders. Under load, records that arrive during an fdatasync leave together with the next
- * one, so records per fsync grows with the number of concurrent appenders.
+ * Appenders put an item on a FIFO queue and sleep. Committer threads (max_in_flight of them)
+ * take turns at the file: the one whose turn it is takes up to max_batch queued items, gives
+ * them seqs in queue order, serialises and MACs them into one buffer and write()s it (a group
+ * commit); then it hands the turn on and, outside the turn, calls fdatasync. So several group
+ * commits can be in their fdatasync at once: on disks that take a millisecond or more per
+ * flush but serve several flushes in parallel (virtual and network block devices, SSDs with
+ * queues), a record waits about one flush instead of the rest of the current one plus its own.
+ *
+ * Commits are acknowledged strictly in the order they were written (their ticket): a commit's
+ * records are durable only when its own fdatasync and every earlier commit's have succeeded.
+ * If an fdatasync fails, that commit and every later one still in flight fail (an fdatasync
+ * after a failed one can report success for pages the kernel has dropped), and the next turn
+ * first waits for every earlier commit to finish, then cuts the file back to the last
+ * acknowledged record and continues the chain from there. Segment rotation also waits for the
+ * commits in flight on the old segment before closing it.
  */
 #include "audit_internal.h"
 
@@ -26,20 +36,48 @@
 
 #define AUDIT_DEFAULT_SEGMENT_BYTES ((size_t)64 << 20)
 #define AUDIT_DEFAULT_MAX_BATCH     1024u
+#define AUDIT_DEFAULT_IN_FLIGHT     8u
+#define AUDIT_MAX_IN_FLIGHT         64u
 #define AUDIT_KEY_LEN_MAX           64
 #define AUDIT_RETRY_NS              500000000L /* background re-check while unhealthy */
-#define AUDIT_GATHER_NS             250000L    /* at most 0.25 ms spent gathering a group commit */
 #define AUDIT_PATH_MAX              4096
 
-/* One record waiting for the writer. Lives on the appender's stack until done is set. */
+/* One record waiting for a committer. Lives on the appender's stack until done is set. */
 struct audit_item {
-    json_t *rec; /* owned working copy with "ts" set; the writer adds "seq" and "mac" */
+    char *line;     /* the record serialised with "seq":0 and 64 '0' for the mac (owned) */
+    size_t len;     /* its length */
+    size_t seq_off; /* offset of the seq's '0' */
+    size_t mac_off; /* offset of the mac's 64 zeros (before seq: keys are sorted) */
     struct audit_item *next;
-    bool done;         /* set by the writer under mu, after which it no longer touches the item */
+    bool done;         /* set under mu when its commit is acknowledged; then no longer touched */
     int rc;            /* outcome, valid once done */
     uint64_t seq;      /* the record's seq if rc == INF_OK */
     struct err err;    /* message if rc != INF_OK */
     pthread_cond_t cv; /* its appender waits here: a commit wakes only its own appenders */
+};
+
+/* A committer thread and the group commit it has in flight (from its turn to its ack). */
+struct audit_committer {
+    struct audit_log *log;
+    unsigned index;
+    pthread_t thread;
+    bool started;
+    struct audit_item **batch; /* max_batch slots */
+    size_t n;
+    /* The commit in flight. Set during the turn; done, rc and err also under mu afterwards. */
+    uint64_t ticket;
+    bool in_flight;
+    bool done;            /* its write (and fdatasync) finished; waiting for earlier tickets */
+    bool recover;         /* the turn began while the log was poisoned (see the file comment) */
+    bool sync_failed;     /* fdatasync failed: poisons the commits after it */
+    int rc;               /* the commit's outcome */
+    struct err err;       /* its message if rc != INF_OK */
+    int fd;               /* the segment it wrote to */
+    bool wrote;           /* there were bytes to write and sync */
+    uint64_t records;     /* lines written, log-internal ones included */
+    double fsync_seconds; /* time in its fdatasync */
+    uint64_t end_size;    /* segment bytes after it */
+    struct audit_chain end_chain;
 };
 
 struct audit_log {
@@ -47,29 +85,35 @@ struct audit_log {
     char dir[AUDIT_PATH_MAX];
     size_t segment_bytes;
     unsigned max_batch;
-    size_t queued;     /* items on the queue (under mu) */
-    size_t last_batch; /* records in the last commit: how many appenders run concurrently */
-    int dir_lock_fd;   /* holds the flock() on dir */
-    pthread_t thread;
-    bool thread_started;
+    unsigned in_flight;
+    int dir_lock_fd; /* holds the flock() on dir */
+    struct audit_committer committers[AUDIT_MAX_IN_FLIGHT];
 
     /* Guarded by mu (a leaf lock: no I/O and no calls out while held). */
     pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* the writer waits for items or stopping */
+    pthread_cond_t work_cv;  /* idle committers wait for items, the turn, or stopping */
+    pthread_cond_t ack_cv;   /* a turn waits here for earlier commits to be acknowledged */
     struct audit_item *head, *tail;
     bool stopping;
     bool healthy;
+    bool turn_taken;         /* a committer is serialising and writing */
+    uint64_t next_ticket;    /* ticket of the next turn */
+    uint64_t next_ack;       /* the ticket to acknowledge next */
+    bool poisoned;           /* an fdatasync failed; cleared by the turn that cuts back */
+    struct err poison;       /* why */
+    uint64_t durable_size;   /* segment bytes of the acknowledged records */
+    struct audit_chain durable_chain;
     struct audit_stats stats;
 
-    /* Writer state: touched by audit_open before the thread starts, then only by the writer. */
+    /* Turn state: touched by audit_open before the threads start, then only by the committer
+     * whose turn it is. */
     struct audit_hmac *hmac;
-    struct audit_item **batch; /* max_batch slots */
-    int fd;                    /* current segment (O_APPEND), -1 before the first one */
-    unsigned seg;              /* its number */
+    int fd;                  /* current segment (O_APPEND), -1 before the first one */
+    unsigned seg;            /* its number */
     char seg_path[AUDIT_PATH_MAX];
-    uint64_t seg_size;        /* bytes of durable records in it */
-    struct audit_chain chain; /* seq and mac of the last record (durable between commits) */
-    char *out;                /* the lines of the commit being built */
+    uint64_t seg_size;       /* bytes written to it by successful turns (durable or in flight) */
+    struct audit_chain chain; /* seq and mac of the last record written */
+    char *out;               /* the lines of the commit being built */
     size_t out_len, out_cap;
 };
 
@@ -133,11 +177,12 @@ static int record_check(const json_t *record, struct err *e)
     return INF_OK;
 }
 
-/* A new working record with "ts" set, or NULL. */
+/* A new working record with "ts" set, or NULL. The caller's values are shared, not copied:
+ * they are scalars, and the log only adds members to its own object. */
 static json_t *record_new(const json_t *src)
 {
     char ts[32];
-    json_t *rec = src != NULL ? json_deep_copy(src) : json_object();
+    json_t *rec = src != NULL ? json_copy((json_t *)src) : json_object();
     utc_timestamp(ts);
     if (rec == NULL || json_object_set_new(rec, "ts", json_string(ts)) != 0) {
         json_decref(rec);
@@ -150,7 +195,44 @@ static json_t *record_new(const json_t *src)
  * Writer: lines, segments, commits (writer thread, or audit_open before it starts)
  * ---------------------------------------------------------------------------------------- */
 
-static int out_append(struct audit_log *log, const char *s, size_t n, struct err *e)
+/*
+ * Serialises a working record (from record_new; "seq" and "mac" are set on it) into it->line
+ * with placeholders the committer fills in: "seq":0 and 64 '0' for the mac, which is exactly
+ * the MAC input Z_i once the seq is in. Runs in the appender's thread, so the turn does no
+ * JSON work. Keys are restricted and quotes in strings escaped, so the first "mac":" and
+ * "seq": are the members.
+ */
+static int item_prepare(struct audit_item *it, json_t *rec, struct err *e)
+{
+    char zeros[AUDIT_MAC_HEX + 1];
+    memset(zeros, '0', AUDIT_MAC_HEX);
+    zeros[AUDIT_MAC_HEX] = '\0';
+    if (json_object_set_new(rec, "seq", json_integer(0)) != 0 ||
+        json_object_set_new(rec, "mac", json_string(zeros)) != 0)
+        return err_set(e, INF_ENOMEM, "out of memory");
+    char *s = json_dumps(rec, AUDIT_DUMP_FLAGS);
+    if (s == NULL)
+        return err_set(e, INF_EINVAL, "the audit record cannot be serialised (invalid UTF-8?)");
+    size_t len = strlen(s);
+    const char *m = strstr(s, "\"mac\":\"");
+    const char *q = strstr(s, "\"seq\":0");
+    if (len + 20 + 1 > AUDIT_LINE_MAX) {
+        free(s);
+        return err_set(e, INF_ELIMIT, "the audit record is longer than %d bytes", AUDIT_LINE_MAX);
+    }
+    if (m == NULL || q == NULL || m > q) {
+        free(s);
+        return err_set(e, INF_EINVAL, "the audit record has no mac or seq member");
+    }
+    it->line = s;
+    it->len = len;
+    it->mac_off = (size_t)(m - s) + 7;
+    it->seq_off = (size_t)(q - s) + 6;
+    return INF_OK;
+}
+
+/* Makes room for n more bytes in the commit buffer. */
+static int out_reserve(struct audit_log *log, size_t n, struct err *e)
 {
     size_t need;
     if (!size_add_ok(log->out_len, n, &need))
@@ -165,52 +247,41 @@ static int out_append(struct audit_log *log, const char *s, size_t n, struct err
         log->out = p;
         log->out_cap = cap;
     }
-    memcpy(log->out + log->out_len, s, n);
-    log->out_len = need;
     return INF_OK;
 }
 
 /*
- * Gives rec the next seq, serialises it with the mac and adds the line to the commit buffer.
- * Advances log->chain only on success; rec is modified ("seq", "mac").
+ * Gives a prepared item the next seq, MACs its line and adds it to the commit buffer.
+ * Advances log->chain only on success.
  */
-static int line_add(struct audit_log *log, json_t *rec, uint64_t *seq_out, struct err *e)
+static int line_add(struct audit_log *log, const struct audit_item *it, uint64_t *seq_out,
+                    struct err *e)
 {
-    int rc = INF_OK;
-    char zeros[AUDIT_MAC_HEX + 1], hex[AUDIT_MAC_HEX + 1];
+    char digits[24];
     uint8_t mac[AUDIT_MAC_BYTES];
     uint64_t seq = log->chain.seq + 1;
-    char *s = NULL;
-    memset(zeros, '0', AUDIT_MAC_HEX);
-    zeros[AUDIT_MAC_HEX] = '\0';
-    if (json_object_set_new(rec, "seq", json_integer((json_int_t)seq)) != 0 ||
-        json_object_set_new(rec, "mac", json_string(zeros)) != 0)
-        return err_set(e, INF_ENOMEM, "out of memory");
-    if ((s = json_dumps(rec, AUDIT_DUMP_FLAGS)) == NULL)
-        return err_set(e, INF_EINVAL, "the audit record cannot be serialised (invalid UTF-8?)");
-    size_t len = strlen(s);
-    /* Keys are restricted and quotes in strings escaped, so this finds the mac member. */
-    char *m = strstr(s, "\"mac\":\"");
-    if (len + 1 > AUDIT_LINE_MAX) {
-        rc = err_set(e, INF_ELIMIT, "the audit record is longer than %d bytes", AUDIT_LINE_MAX);
-        goto out;
-    }
-    if (m == NULL) {
-        rc = err_set(e, INF_EINVAL, "the audit record has no mac member");
-        goto out;
-    }
-    if ((rc = audit_hmac_line(log->hmac, log->chain.mac, s, len, mac, e)) != INF_OK)
-        goto out;
+    size_t nd = (size_t)snprintf(digits, sizeof digits, "%llu", (unsigned long long)seq);
+    size_t len = it->len - 1 + nd;
+    if (len + 1 > AUDIT_LINE_MAX)
+        return err_set(e, INF_ELIMIT, "the audit record is longer than %d bytes", AUDIT_LINE_MAX);
+    int rc = out_reserve(log, len + 1, e);
+    if (rc != INF_OK)
+        return rc;
+    char *dst = log->out + log->out_len;
+    memcpy(dst, it->line, it->seq_off);
+    memcpy(dst + it->seq_off, digits, nd);
+    memcpy(dst + it->seq_off + nd, it->line + it->seq_off + 1, it->len - it->seq_off - 1);
+    if ((rc = audit_hmac_line(log->hmac, log->chain.mac, dst, len, mac, e)) != INF_OK)
+        return rc;
+    char hex[AUDIT_MAC_HEX + 1];
     audit_hex(mac, sizeof mac, hex);
-    memcpy(m + 7, hex, AUDIT_MAC_HEX);
-    if ((rc = out_append(log, s, len, e)) != INF_OK || (rc = out_append(log, "\n", 1, e)) != 0)
-        goto out;
+    memcpy(dst + it->mac_off, hex, AUDIT_MAC_HEX);
+    dst[len] = '\n';
+    log->out_len += len + 1;
     log->chain.seq = seq;
     memcpy(log->chain.mac, mac, sizeof mac);
     *seq_out = seq;
-out:
-    free(s);
-    return rc;
+    return INF_OK;
 }
 
 /*
@@ -253,7 +324,9 @@ static int segment_begin(struct audit_log *log, unsigned num, struct err *e)
  * Before a commit: the open segment must hold exactly the durable records, the path must still
  * name it, and it must be writable; otherwise (or when it is full) a new segment begins.
  */
-static int segment_prepare(struct audit_log *log, struct err *e)
+static void drain(struct audit_log *log, const struct audit_committer *c);
+
+static int segment_prepare(struct audit_log *log, const struct audit_committer *c, struct err *e)
 {
     struct stat fst, pst;
     bool fresh = log->fd < 0;
@@ -276,18 +349,21 @@ static int segment_prepare(struct audit_log *log, struct err *e)
         char was[AUDIT_PATH_MAX];
         memcpy(was, log->seg_path, sizeof was);
         bool moved = log->fd >= 0;
+        drain(log, c); /* commits in flight still sync the old segment's fd */
         int rc = segment_begin(log, moved ? log->seg + 1 : log->seg, e);
         if (rc == INF_OK && moved)
             log_msg(LOG_WARN, "audit: %s no longer names the open segment; continuing in %s", was,
                     log->seg_path);
         return rc;
     }
-    if (log->seg_size >= log->segment_bytes)
+    if (log->seg_size >= log->segment_bytes) {
+        drain(log, c);
         return segment_begin(log, log->seg + 1, e);
+    }
     return INF_OK;
 }
 
-static int write_all(struct audit_log *log, double *fsync_seconds, struct err *e)
+static int write_lines(struct audit_log *log, struct err *e)
 {
     size_t off = 0;
     while (off < log->out_len) {
@@ -298,12 +374,6 @@ static int write_all(struct audit_log *log, double *fsync_seconds, struct err *e
             return err_set(e, INF_EIO, "write %s: %s", log->seg_path, strerror(errno));
         off += (size_t)n;
     }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (fdatasync(log->fd) != 0)
-        return err_set(e, INF_EIO, "fdatasync %s: %s", log->seg_path, strerror(errno));
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    *fsync_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     return INF_OK;
 }
 
@@ -314,79 +384,182 @@ static int add_segment_start(struct audit_log *log, struct err *e)
     uint64_t seq;
     audit_hex(log->chain.mac, sizeof log->chain.mac, hex);
     json_t *rec = record_new(NULL);
+    struct audit_item it = {0};
     int rc = INF_OK;
     if (rec == NULL || json_object_set_new(rec, "event", json_string("audit.segment_start")) != 0 ||
         json_object_set_new(rec, "segment", json_integer(log->seg)) != 0 ||
         json_object_set_new(rec, "prev_seq", json_integer((json_int_t)log->chain.seq)) != 0 ||
         json_object_set_new(rec, "prev_mac", json_string(hex)) != 0)
         rc = err_set(e, INF_ENOMEM, "out of memory");
-    else
-        rc = line_add(log, rec, &seq, e);
+    else if ((rc = item_prepare(&it, rec, e)) == INF_OK)
+        rc = line_add(log, &it, &seq, e);
     json_decref(rec);
+    free(it.line);
     return rc;
 }
 
+/* Waits until every commit before c's is acknowledged (c holds the turn). */
+static void drain(struct audit_log *log, const struct audit_committer *c)
+{
+    pthread_mutex_lock(&log->mu);
+    while (log->next_ack != c->ticket)
+        pthread_cond_wait(&log->ack_cv, &log->mu);
+    pthread_mutex_unlock(&log->mu);
+}
+
+/* Acknowledges finished commits in ticket order, waking their appenders. Caller holds mu. */
+static void acks_advance(struct audit_log *log)
+{
+    for (;;) {
+        struct audit_committer *c = NULL;
+        for (unsigned i = 0; i < log->in_flight && c == NULL; i++)
+            if (log->committers[i].in_flight && log->committers[i].ticket == log->next_ack)
+                c = &log->committers[i];
+        if (c == NULL || !c->done)
+            break;
+        if (c->rc == INF_OK && log->poisoned) {
+            c->rc = INF_EIO;
+            err_set(&c->err, INF_EIO, "%s", log->poison.msg);
+        }
+        if (c->rc == INF_OK) {
+            log->durable_size = c->end_size;
+            log->durable_chain = c->end_chain;
+            log->stats.records += c->records;
+            log->stats.fsyncs += c->wrote ? 1 : 0;
+            log->stats.fsync_seconds_total += c->fsync_seconds;
+            log->stats.last_seq = c->end_chain.seq;
+        } else {
+            if (c->sync_failed && !log->poisoned) {
+                log->poisoned = true;
+                log->poison = c->err;
+            }
+            log->stats.failures++;
+        }
+        if (log->healthy && c->rc != INF_OK)
+            pthread_cond_broadcast(&log->work_cv); /* committer 0 starts its re-checks */
+        log->healthy = c->rc == INF_OK;
+        for (size_t i = 0; i < c->n; i++) {
+            struct audit_item *it = c->batch[i];
+            if (it->rc == INF_OK && c->rc != INF_OK) {
+                it->rc = c->rc;
+                it->err = c->err;
+            }
+            it->done = true;
+            pthread_cond_signal(&it->cv);
+        }
+        c->in_flight = false;
+        log->next_ack++;
+    }
+    pthread_cond_broadcast(&log->ack_cv);
+}
+
 /*
- * One group commit of items[0..n) (n may be 0: then only a pending segment_start is written).
- * Sets every item's outcome and wakes the appenders. Returns the commit's status; eout
- * (optional) gets its message.
+ * Takes the turn for c: up to max_batch items off the queue and the next ticket. Caller holds
+ * mu and has checked that the turn is free.
  */
-static int commit(struct audit_log *log, struct audit_item **items, size_t n, struct err *eout)
+static void turn_take(struct audit_log *log, struct audit_committer *c)
+{
+    c->n = 0;
+    while (log->head != NULL && c->n < log->max_batch) {
+        c->batch[c->n++] = log->head;
+        log->head = log->head->next;
+    }
+    if (log->head == NULL)
+        log->tail = NULL;
+    log->turn_taken = true;
+    c->ticket = log->next_ticket++;
+    c->in_flight = true;
+    c->done = false;
+    c->recover = log->poisoned;
+}
+
+/*
+ * One group commit of c's batch (n may be 0: then only a pending segment_start is written),
+ * from its turn (taken with turn_take) to its acknowledgement. Called without mu; sets every
+ * item's outcome and wakes the appenders (in ticket order, see acks_advance). Returns the
+ * outcome of c's own write and sync; eout (optional) gets its message.
+ */
+static int commit(struct audit_log *log, struct audit_committer *c, struct err *eout)
 {
     struct err e = {0};
-    struct audit_chain durable = log->chain;
-    uint64_t records = 0;
-    double fsync_seconds = 0;
-    bool wrote = false;
-    for (size_t i = 0; i < n; i++) {
-        items[i]->rc = INF_OK;
-        err_clear(&items[i]->err);
+    c->rc = INF_OK;
+    err_clear(&c->err);
+    c->sync_failed = false;
+    c->wrote = false;
+    c->records = 0;
+    c->fsync_seconds = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        c->batch[i]->rc = INF_OK;
+        err_clear(&c->batch[i]->err);
     }
+    if (c->recover) {
+        /* An fdatasync failed: once everything before this turn is settled, continue from the
+         * last acknowledged record (segment_prepare cuts the file back to it). */
+        drain(log, c);
+        pthread_mutex_lock(&log->mu);
+        if (log->poisoned) {
+            log->chain = log->durable_chain;
+            log->seg_size = log->durable_size;
+            log->poisoned = false;
+        }
+        pthread_mutex_unlock(&log->mu);
+    }
+    struct audit_chain before = log->chain;
     log->out_len = 0;
-    int rc = segment_prepare(log, &e);
+    int rc = segment_prepare(log, c, &e);
     if (rc == INF_OK && log->seg_size == 0 && (rc = add_segment_start(log, &e)) == INF_OK)
-        records++;
+        c->records++;
     /* A record that cannot be serialised fails alone; the others still go. */
-    for (size_t i = 0; i < n && rc == INF_OK; i++) {
-        items[i]->rc = line_add(log, items[i]->rec, &items[i]->seq, &items[i]->err);
-        if (items[i]->rc == INF_OK)
-            records++;
+    for (size_t i = 0; i < c->n && rc == INF_OK; i++) {
+        struct audit_item *it = c->batch[i];
+        it->rc = line_add(log, it, &it->seq, &it->err);
+        if (it->rc == INF_OK)
+            c->records++;
     }
     if (rc == INF_OK && log->out_len > 0) {
-        wrote = true;
-        rc = write_all(log, &fsync_seconds, &e);
+        c->wrote = true;
+        rc = write_lines(log, &e);
     }
     if (rc != INF_OK) {
         /* Nothing of this commit counts: roll the chain back and cut off what reached the
          * file (segment_prepare retries the cut before the next commit if this one fails). */
-        log->chain = durable;
+        log->chain = before;
         if (log->fd >= 0 && ftruncate(log->fd, (off_t)log->seg_size) == 0)
             (void)fdatasync(log->fd);
-        for (size_t i = 0; i < n; i++) {
-            if (items[i]->err.status == 0) {
-                items[i]->rc = rc;
-                items[i]->err = e;
-            }
-        }
-        err_set(eout, rc, "%s", e.msg);
-        log_msg(LOG_ERROR, "audit: %zu record(s) not written: %s", n, e.msg);
+        c->wrote = false;
+        c->rc = rc;
+        c->err = e;
     } else {
         log->seg_size += log->out_len;
     }
+    c->fd = log->fd;
+    c->end_size = log->seg_size;
+    c->end_chain = log->chain;
+    /* Hand the turn on, then sync outside it. */
     pthread_mutex_lock(&log->mu);
-    if (rc == INF_OK) {
-        log->stats.records += records;
-        log->stats.fsyncs += wrote ? 1 : 0;
-        log->stats.fsync_seconds_total += fsync_seconds;
-        log->stats.last_seq = log->chain.seq;
-    } else {
-        log->stats.failures++;
+    log->turn_taken = false;
+    if (log->head != NULL)
+        pthread_cond_signal(&log->work_cv);
+    pthread_mutex_unlock(&log->mu);
+    if (c->wrote) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (fdatasync(c->fd) != 0) {
+            c->rc = err_set(&c->err, INF_EIO, "fdatasync %s: %s", log->seg_path, strerror(errno));
+            c->sync_failed = true;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        c->fsync_seconds =
+            (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     }
-    log->healthy = rc == INF_OK;
-    for (size_t i = 0; i < n; i++) {
-        items[i]->done = true;
-        pthread_cond_signal(&items[i]->cv);
+    rc = c->rc;
+    if (rc != INF_OK) {
+        err_set(eout, rc, "%s", c->err.msg);
+        log_msg(LOG_ERROR, "audit: %zu record(s) not written: %s", c->n, c->err.msg);
     }
+    pthread_mutex_lock(&log->mu);
+    c->done = true;
+    acks_advance(log);
     pthread_mutex_unlock(&log->mu);
     return rc;
 }
@@ -421,56 +594,47 @@ static struct timespec deadline_in(long ns)
     return t;
 }
 
-static void *writer_main(void *arg)
+static void *committer_main(void *arg)
 {
-    struct audit_log *log = arg;
+    struct audit_committer *c = arg;
+    struct audit_log *log = c->log;
     pthread_mutex_lock(&log->mu);
     for (;;) {
-        while (log->head == NULL && !log->stopping) {
-            if (log->healthy) {
-                pthread_cond_wait(&log->work_cv, &log->mu);
-                continue;
+        if (log->head != NULL && !log->turn_taken) {
+            turn_take(log, c);
+            pthread_mutex_unlock(&log->mu);
+            (void)commit(log, c, NULL);
+            pthread_mutex_lock(&log->mu);
+            /* Its batch stays in use until earlier commits let it be acknowledged. */
+            while (c->in_flight)
+                pthread_cond_wait(&log->ack_cv, &log->mu);
+            continue;
+        }
+        if (log->head == NULL && log->stopping)
+            break; /* the queue is drained */
+        if (c->index != 0 || log->healthy || log->head != NULL) {
+            pthread_cond_wait(&log->work_cv, &log->mu);
+            continue;
+        }
+        /* Committer 0, idle while the log is unhealthy: re-check now and then. */
+        struct timespec until = deadline_in(AUDIT_RETRY_NS);
+        if (pthread_cond_timedwait(&log->work_cv, &log->mu, &until) != 0 && log->head == NULL &&
+            !log->healthy && !log->turn_taken) {
+            log->turn_taken = true; /* the probe reads the turn state */
+            pthread_mutex_unlock(&log->mu);
+            bool ok = writable_probe(log);
+            pthread_mutex_lock(&log->mu);
+            log->turn_taken = false;
+            if (log->head != NULL)
+                pthread_cond_signal(&log->work_cv);
+            if (ok && !log->healthy) {
+                log->healthy = true;
+                log_msg(LOG_INFO, "audit: %s looks writable again", log->dir);
             }
-            struct timespec until = deadline_in(AUDIT_RETRY_NS);
-            if (pthread_cond_timedwait(&log->work_cv, &log->mu, &until) != 0 && log->head == NULL &&
-                !log->healthy) {
-                pthread_mutex_unlock(&log->mu);
-                bool ok = writable_probe(log);
-                pthread_mutex_lock(&log->mu);
-                if (ok && !log->healthy) {
-                    log->healthy = true;
-                    log_msg(LOG_INFO, "audit: %s looks writable again", log->dir);
-                }
-            }
         }
-        if (log->head == NULL)
-            break; /* stopping, and the queue is drained */
-        /* Group commit that gathers: when the last commit carried several records, appenders
-         * run concurrently, and the ones that were waiting on that commit are about to come
-         * back with their next record. Waiting a little for them (at most AUDIT_GATHER_NS,
-         * never when a lone client is served) turns several fdatasyncs into one. */
-        /* The target grows by one each commit while records keep arriving in time, so the
-         * batch settles near the number of concurrent appenders. */
-        size_t target = log->last_batch + 1;
-        if (log->last_batch > 1 && log->queued < target && !log->stopping) {
-            struct timespec until = deadline_in(AUDIT_GATHER_NS);
-            while (log->queued < target && !log->stopping &&
-                   pthread_cond_timedwait(&log->work_cv, &log->mu, &until) == 0)
-                ;
-        }
-        size_t n = 0;
-        while (log->head != NULL && n < log->max_batch) {
-            log->batch[n++] = log->head;
-            log->head = log->head->next;
-        }
-        log->queued -= n;
-        log->last_batch = n;
-        if (log->head == NULL)
-            log->tail = NULL;
-        pthread_mutex_unlock(&log->mu);
-        (void)commit(log, log->batch, n, NULL);
-        pthread_mutex_lock(&log->mu);
     }
+    /* Wake the others: they may be waiting for work that will not come. */
+    pthread_cond_broadcast(&log->work_cv);
     pthread_mutex_unlock(&log->mu);
     return NULL;
 }
@@ -569,6 +733,8 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     pthread_condattr_t ca;
     uint64_t dropped = 0;
     json_t *tail_rec = NULL;
+    struct audit_item item = {0}; /* the tail_truncated record, if any */
+    pthread_cond_init(&item.cv, NULL);
     if (dir == NULL || key == NULL || out == NULL)
         return err_set(e, INF_EINVAL, "audit_open: missing argument");
     if (strlen(dir) + 32 >= AUDIT_PATH_MAX)
@@ -581,14 +747,24 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     log->segment_bytes =
         opt != NULL && opt->segment_bytes ? opt->segment_bytes : AUDIT_DEFAULT_SEGMENT_BYTES;
     log->max_batch = opt != NULL && opt->max_batch ? opt->max_batch : AUDIT_DEFAULT_MAX_BATCH;
+    log->in_flight = opt != NULL && opt->max_in_flight ? opt->max_in_flight : AUDIT_DEFAULT_IN_FLIGHT;
+    if (log->in_flight > AUDIT_MAX_IN_FLIGHT)
+        log->in_flight = AUDIT_MAX_IN_FLIGHT;
     pthread_mutex_init(&log->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&log->work_cv, &ca);
     pthread_condattr_destroy(&ca);
-    if ((log->batch = calloc(log->max_batch, sizeof *log->batch)) == NULL) {
-        rc = err_set(e, INF_ENOMEM, "out of memory");
-        goto out;
+    pthread_cond_init(&log->ack_cv, NULL);
+    for (unsigned i = 0; i < log->in_flight; i++) {
+        struct audit_committer *c = &log->committers[i];
+        c->log = log;
+        c->index = i;
+        c->fd = -1;
+        if ((c->batch = calloc(log->max_batch, sizeof *c->batch)) == NULL) {
+            rc = err_set(e, INF_ENOMEM, "out of memory");
+            goto out;
+        }
     }
     if ((rc = audit_hmac_new(key, &log->hmac, e)) != INF_OK ||
         (rc = fs_mkdir_p(dir, 0700, e)) != INF_OK)
@@ -607,9 +783,8 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     if ((rc = recover(log, &dropped, e)) != INF_OK)
         goto out;
     /* Write what start-up owes the log (segment_start, tail_truncated) before serving. */
-    struct audit_item item = {0};
-    struct audit_item *items[1] = {&item};
-    size_t nitems = 0;
+    struct audit_committer *c0 = &log->committers[0];
+    c0->n = 0;
     if (dropped > 0) {
         tail_rec = record_new(NULL);
         if (tail_rec == NULL ||
@@ -620,25 +795,37 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
             rc = err_set(e, INF_ENOMEM, "out of memory");
             goto out;
         }
-        item.rec = tail_rec;
-        nitems = 1;
+        if ((rc = item_prepare(&item, tail_rec, e)) != INF_OK)
+            goto out;
+        log->head = log->tail = &item;
     }
-    if ((rc = commit(log, items, nitems, e)) != INF_OK)
+    /* Single-threaded here: the same turn the committers take, with committer 0. */
+    pthread_mutex_lock(&log->mu);
+    turn_take(log, c0);
+    pthread_mutex_unlock(&log->mu);
+    rc = commit(log, c0, e);
+    if (rc != INF_OK)
         goto out;
-    if (nitems > 0 && item.rc != INF_OK) {
+    if (c0->n > 0 && item.rc != INF_OK) {
         rc = err_set(e, item.rc, "%s", item.err.msg);
         goto out;
     }
+    c0->n = 0;
     log->healthy = true;
-    if (pthread_create(&log->thread, NULL, writer_main, log) != 0) {
-        rc = err_set(e, INF_ENOMEM, "cannot start the audit writer thread");
-        goto out;
+    for (unsigned i = 0; i < log->in_flight; i++) {
+        struct audit_committer *c = &log->committers[i];
+        if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
+            rc = err_set(e, INF_ENOMEM, "cannot start the audit committer threads");
+            goto out;
+        }
+        c->started = true;
     }
-    log->thread_started = true;
     *out = log;
     log = NULL;
 out:
     json_decref(tail_rec);
+    pthread_cond_destroy(&item.cv);
+    free(item.line);
     audit_close(log);
     return rc;
 }
@@ -650,9 +837,14 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
     int rc = record_check(record, e);
     if (rc != INF_OK)
         return rc;
-    struct audit_item item = {.rec = record_new(record)};
-    if (item.rec == NULL)
+    struct audit_item item = {0};
+    json_t *rec = record_new(record);
+    if (rec == NULL)
         return err_set(e, INF_ENOMEM, "out of memory");
+    rc = item_prepare(&item, rec, e);
+    json_decref(rec);
+    if (rc != INF_OK)
+        return rc;
     pthread_cond_init(&item.cv, NULL);
     pthread_mutex_lock(&log->mu);
     if (log->stopping) {
@@ -664,14 +856,13 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
         else
             log->head = &item;
         log->tail = &item;
-        log->queued++;
         pthread_cond_signal(&log->work_cv);
     }
     while (!item.done)
         pthread_cond_wait(&item.cv, &log->mu);
     pthread_mutex_unlock(&log->mu);
     pthread_cond_destroy(&item.cv);
-    json_decref(item.rec);
+    free(item.line);
     if (item.rc != INF_OK)
         return err_set(e, item.rc, "%s", item.err.msg);
     if (seq_out != NULL)
@@ -704,21 +895,23 @@ void audit_close(struct audit_log *log)
 {
     if (log == NULL)
         return;
-    if (log->thread_started) {
-        pthread_mutex_lock(&log->mu);
-        log->stopping = true;
-        pthread_cond_signal(&log->work_cv);
-        pthread_mutex_unlock(&log->mu);
-        pthread_join(log->thread, NULL);
-    }
+    pthread_mutex_lock(&log->mu);
+    log->stopping = true;
+    pthread_cond_broadcast(&log->work_cv);
+    pthread_mutex_unlock(&log->mu);
+    for (unsigned i = 0; i < log->in_flight; i++)
+        if (log->committers[i].started)
+            pthread_join(log->committers[i].thread, NULL);
     if (log->fd >= 0)
         close(log->fd);
     if (log->dir_lock_fd >= 0)
         close(log->dir_lock_fd); /* releases the flock */
     audit_hmac_free(log->hmac);
-    free(log->batch);
+    for (unsigned i = 0; i < log->in_flight; i++)
+        free(log->committers[i].batch);
     free(log->out);
     pthread_cond_destroy(&log->work_cv);
+    pthread_cond_destroy(&log->ack_cv);
     pthread_mutex_destroy(&log->mu);
     free(log);
 }

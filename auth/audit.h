@@ -56,21 +56,22 @@
  * after the cut and before the tail_truncated record is durable, loses that note (the cut
  * bytes were never acknowledged to anyone either way).
  *
- * Failures. Before each group commit the writer checks that the segment path still names the
+ * Failures. Before each group commit the committer checks that the segment path still names the
  * open file (stat(path) against fstat(fd): same device and inode), that the directory and the
  * segment are writable for the effective user, and that the file has exactly the size of the
- * durable records. If a write or fdatasync fails, or a check fails, every record of that commit
- * gets INF_EIO, the partial write is truncated away, the chain state returns to the last
- * durable record, and the log is unhealthy. (The permission checks use faccessat with
+ * records written. If a write or a check fails, every record of that commit gets INF_EIO, the
+ * partial write is truncated away, the chain state returns to the record before, and the log
+ * is unhealthy. If an fdatasync fails, that commit and every later one in flight fail the same
+ * way, and the next commit cuts the file back to the last acknowledged record. (The permission checks use faccessat with
  * AT_EACCESS, which root passes; the inode check is what catches a moved directory for root.) The
  * server answers 503 on protected routes and reports not-ready while audit_healthy() is false.
  * Every audit_append still tries (so service resumes with the first commit that succeeds) and,
- * while idle, the writer re-checks every 500 ms without writing records (directory exists and is
+ * while idle, a committer re-checks every 500 ms without writing records (directory exists and is
  * writable, file system not read-only and not full) and turns healthy when those pass; the next
  * real write decides.
  *
  * If the segment path no longer names the open file (the directory was moved away, replaced,
- * or the segment removed), the writer does not write to the old file; it starts segment n+1 at
+ * or the segment removed), the log does not write to the old file; it starts segment n+1 at
  * the path, chained from the last durable record. If the directory is missing or not a
  * directory that fails (INF_EIO) and is retried on every commit. When the original directory is
  * put back, the path names the open file again and the log simply continues in it. When a new,
@@ -84,7 +85,12 @@
  *
  * Threads. audit_append may be called from any number of threads at once; audit_healthy and
  * audit_stats_get from any thread. audit_open and audit_close must not race with other calls
- * on the same log. One writer thread per open log does all file I/O.
+ * on the same log. Each open log has max_in_flight committer threads that do all file I/O:
+ * they take turns to serialise and write a group commit, and each syncs its own commit outside
+ * the turn, so up to max_in_flight fdatasyncs run at once (a record waits about one flush, not
+ * the rest of the current one plus its own). Commits are acknowledged in the order they were
+ * written; a failed fdatasync fails its commit and every later one in flight, and the log then
+ * continues from the last acknowledged record (see Failures).
  *
  * Locks. The log has one mutex (queue, health, stats); it is a leaf: never held while calling
  * out of this module or while doing I/O. audit_append blocks for a disk flush (milliseconds):
@@ -106,7 +112,8 @@
 
 struct audit_options {
     size_t segment_bytes; /* close a segment once it holds this many bytes; 0: 64 MiB */
-    unsigned max_batch;   /* records per group commit at most; 0: 1024 */
+    unsigned max_batch;     /* records per group commit at most; 0: 1024 */
+    unsigned max_in_flight; /* group commits in their fdatasync at once; 0: 8, at most 64 */
 };
 
 struct audit_log;
@@ -114,7 +121,7 @@ struct audit_log;
 /*
  * Opens the audit log in dir (created 0700 if missing; parents too), verifies the chain of its
  * last segment, truncates a torn tail (ftruncate + fsync, then an "audit.tail_truncated"
- * record), writes the segment_start of a new or empty segment, and starts the writer thread.
+ * record), writes the segment_start of a new or empty segment, and starts the committer threads.
  * key (K_audit) is copied. opt may be NULL for defaults.
  * Returns INF_OK and *out (caller closes with audit_close); INF_EINVAL if the last segment
  * fails verification other than a torn tail (e->msg names file, line, seq and the problem);
@@ -144,14 +151,14 @@ struct audit_stats {
     uint64_t records;           /* records made durable, log-internal ones included */
     uint64_t fsyncs;            /* successful fdatasync calls on segments */
     uint64_t failures;          /* group commits that failed (each failing all its records) */
-    double fsync_seconds_total; /* time spent in fdatasync */
+    double fsync_seconds_total; /* time spent in fdatasync, summed over concurrent calls */
     uint64_t last_seq;          /* seq of the last durable record (0: none yet) */
 };
 
 /* Copies the counters (a consistent snapshot) into *out; all zero for a NULL log. */
 void audit_stats_get(struct audit_log *log, struct audit_stats *out);
 
-/* Makes every queued record durable (or fails it), stops the writer, closes files, wipes the
+/* Makes every queued record durable (or fails it), stops the committers, closes files, wipes the
  * key. NULL is a no-op. */
 void audit_close(struct audit_log *log);
 
