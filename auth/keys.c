@@ -157,6 +157,8 @@ const char *auth_result_str(enum auth_result r)
             return "revoked";
         case AUTH_BAD_SECRET:
             return "bad_secret";
+        case AUTH_ERROR:
+            return "error";
     }
     return "invalid";
 }
@@ -1009,9 +1011,11 @@ enum auth_result keystore_verify(struct keystore *ks, const char *authorization,
     /* same work whether or not the id exists: compare against the dummy hash */
     int diff = CRYPTO_memcmp(mac, r != NULL ? r->hash : ks->dummy_hash, HASH_LEN);
     atomic_fetch_add_explicit(&ks->n_compares, 1, memory_order_relaxed);
-    if (r == NULL)
+    if (!mac_ok)
+        res = AUTH_ERROR;
+    else if (r == NULL)
         res = AUTH_UNKNOWN;
-    else if (diff != 0 || !mac_ok)
+    else if (diff != 0)
         res = AUTH_BAD_SECRET;
     else if (r->info.revoked)
         res = AUTH_REVOKED;

@@ -225,10 +225,11 @@ enum auth_result {
     AUTH_UNKNOWN,    /* well-formed, but no key has this id */
     AUTH_REVOKED,    /* right secret of a revoked key */
     AUTH_BAD_SECRET, /* the id exists but the secret is wrong */
+    AUTH_ERROR,      /* the token could not be checked (the HMAC failed: out of memory) */
 };
 
-/* "ok", "missing", "malformed", "unknown", "revoked", "bad_secret" (static; metrics labels
- * and audit reasons). */
+/* "ok", "missing", "malformed", "unknown", "revoked", "bad_secret", "error" (static; metrics
+ * labels and audit reasons). */
 const char *auth_result_str(enum auth_result r);
 
 /* Who a verified token belongs to. */
@@ -243,7 +244,8 @@ struct principal {
  * "Bearer " (the scheme in any case, RFC 7235; one space) + a token of KEY_TOKEN_LEN characters of
  * the form above, with nothing before or after: anything else is AUTH_MALFORMED, and NULL or "" is
  * AUTH_MISSING. For a well-formed token, exactly one HMAC and one CRYPTO_memcmp are done
- * whatever the outcome. Fills *p only on AUTH_OK. key_id_out (optional) gets the claimed id
+ * whatever the outcome; if the HMAC itself fails the result is AUTH_ERROR (never AUTH_OK: fail
+ * closed; the server answers 503, not 401, since the key may be fine). Fills *p only on AUTH_OK. key_id_out (optional) gets the claimed id
  * of any well-formed token, whatever the result, for the audit log; "" otherwise.
  * Sees keys created or revoked by other handles and processes at once (one stat() per call).
  */

@@ -205,6 +205,14 @@ bool guard_check(struct request *rq, enum MHD_Result *res)
         const char *authz =
             MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         enum auth_result ar = keystore_verify(g->keys, authz, &rq->principal, rq->key_id);
+        if (ar == AUTH_ERROR) {
+            rq->deny_reason = "auth_error";
+            count_denial(srv, rq->deny_reason);
+            *res = http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                      "the API key could not be checked just now (the server is "
+                                      "short of memory); retry later");
+            return false;
+        }
         if (ar != AUTH_OK) {
             rq->deny_reason = auth_result_str(ar);
             count_denial(srv, rq->deny_reason);

@@ -5,7 +5,8 @@
  *
  * The order of the checks on a request's first callback (http.c), before its body is read:
  *   route, method -> a key in the query string (401) -> the Authorization header (401 with
- *   WWW-Authenticate: Bearer) -> the route's scope (403) -> the audit log is writable (503) ->
+ *   WWW-Authenticate: Bearer; 503 if the key could not be checked for want of memory) -> the
+ *   route's scope (403) -> the audit log is writable (503) ->
  *   the key's token bucket and concurrency cap (429 with Retry-After) -> content type, size.
  * Health routes are open; /metrics needs admin unless --metrics-public.
  *

@@ -181,6 +181,7 @@ static void test_scopes(void)
     CHECK(strcmp(auth_result_str(AUTH_UNKNOWN), "unknown") == 0);
     CHECK(strcmp(auth_result_str(AUTH_REVOKED), "revoked") == 0);
     CHECK(strcmp(auth_result_str(AUTH_BAD_SECRET), "bad_secret") == 0);
+    CHECK(strcmp(auth_result_str(AUTH_ERROR), "error") == 0);
 }
 
 /* ------------------------------------------------------------------------------------------
