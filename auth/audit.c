@@ -19,6 +19,7 @@
  * commits in flight on the old segment before closing it.
  */
 #include "audit_internal.h"
+#include "common/json_dump.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -210,7 +211,7 @@ static int item_prepare(struct audit_item *it, json_t *rec, struct err *e)
     if (json_object_set_new(rec, "seq", json_integer(0)) != 0 ||
         json_object_set_new(rec, "mac", json_string(zeros)) != 0)
         return err_set(e, INF_ENOMEM, "out of memory");
-    char *s = json_dumps(rec, AUDIT_DUMP_FLAGS);
+    char *s = json_dump_checked(rec, AUDIT_DUMP_FLAGS);
     if (s == NULL)
         return err_set(e, INF_EINVAL, "the audit record cannot be serialised (invalid UTF-8?)");
     size_t len = strlen(s);

@@ -5,6 +5,7 @@
  * torn tail, so the rules for "what is a good line" live only here.
  */
 #include "audit_internal.h"
+#include "common/json_dump.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -326,7 +327,7 @@ static int line_check(struct line_ctx *c, const char *line, size_t len, struct e
     }
     if (get_uint(obj, "seq", 1, &seq))
         c->seq = seq;
-    canon = json_dumps(obj, AUDIT_DUMP_FLAGS);
+    canon = json_dump_checked(obj, AUDIT_DUMP_FLAGS);
     if (canon == NULL) {
         rc = err_set(e, INF_ENOMEM, "out of memory");
         goto out;
@@ -372,7 +373,7 @@ static int line_check(struct line_ctx *c, const char *line, size_t len, struct e
     memset(zeros, '0', AUDIT_MAC_HEX);
     zeros[AUDIT_MAC_HEX] = '\0';
     if (json_object_set_new(obj, "mac", json_string(zeros)) != 0 ||
-        (zeroed = json_dumps(obj, AUDIT_DUMP_FLAGS)) == NULL) {
+        (zeroed = json_dump_checked(obj, AUDIT_DUMP_FLAGS)) == NULL) {
         rc = err_set(e, INF_ENOMEM, "out of memory");
         goto out;
     }

@@ -3,6 +3,7 @@
  * The contract (format, locking, reload rules) is in auth/keys.h.
  */
 #include "auth/keys.h"
+#include "common/json_dump.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -471,7 +472,7 @@ static int key_set_dump(const struct key_set *s, char **text, size_t *len, struc
             set_new(k, "max_concurrent", json_integer(r->info.limits.max_concurrent)))
             goto oom;
     }
-    out = json_dumps(root, JSON_INDENT(2));
+    out = json_dump_checked(root, JSON_INDENT(2));
     if (out == NULL)
         goto oom;
     size_t n = strlen(out);

@@ -7,6 +7,8 @@
 
 #include "internal.h"
 
+#include "common/json_dump.h"
+
 /* ------------------------------------------------------------------------------------------
  * Lifecycle
  * ---------------------------------------------------------------------------------------- */
@@ -167,7 +169,7 @@ char *model_config_dump(const struct model *m)
     char *s = NULL;
     if (doc != NULL && tr != NULL && json_object_set_new(doc, "training", tr) == 0) {
         tr = NULL;
-        s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        s = json_dump_checked(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     }
     json_decref(tr);
     json_decref(doc);

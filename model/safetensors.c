@@ -6,6 +6,8 @@
  */
 #include "internal.h"
 
+#include "common/json_dump.h"
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -622,7 +624,7 @@ int st_serialize(const struct st_out *ts, size_t n, const json_t *metadata, char
             goto out;
         }
     }
-    if ((text = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
+    if ((text = json_dump_checked(hdr, JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
         rc = err_set(e, INF_ENOMEM, "out of memory writing the safetensors header");
         goto out;
     }

@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "common/json_dump.h"
 #include "dataset.h"
 #include "oip.h"
 #include "server.h"
@@ -131,7 +132,7 @@ static int read_all(FILE *f, size_t cap, char **data, size_t *len)
 static int fail_json(const char *msg)
 {
     json_t *j = json_pack("{s:s}", "error", msg);
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *s = j ? json_dump_checked(j, JSON_COMPACT) : NULL;
     if (s != NULL)
         printf("%s\n", s);
     fprintf(stderr, "infera: %s\n", msg);
@@ -204,7 +205,7 @@ int cli_predict(int argc, char **argv)
         name = base;
     }
     json_t *res = oip_response_build(m, name, "1", &req, out);
-    text = res ? json_dumps(res, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    text = res ? json_dump_checked(res, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(res);
     if (text == NULL) {
         status = fail_json("out of memory");

@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "common/json_dump.h"
 #include "dataset.h"
 #include "files.h"
 
@@ -656,7 +657,7 @@ int file_store_put(struct file_store *fs, const char *filename, const char *purp
         goto out;
     sealed = true;
     json_t *mj = meta_json(&ent);
-    meta = mj ? json_dumps(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    meta = mj ? json_dump_checked(mj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(mj);
     if (meta == NULL) {
         rc = err_set(e, INF_ENOMEM, "out of memory");

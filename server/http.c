@@ -12,6 +12,7 @@
 
 #include <openssl/crypto.h>
 
+#include "common/json_dump.h"
 #include "http.h"
 #include "metrics.h"
 
@@ -118,7 +119,7 @@ static char *error_body(const struct request *rq, unsigned status, const char *m
     } else {
         obj = json_pack("{s:s}", "error", msg);
     }
-    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    char *s = obj ? json_dump_checked(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     return s;
 }
@@ -189,7 +190,7 @@ static enum MHD_Result respond_json_text(struct request *rq, unsigned status, ch
 
 enum MHD_Result http_respond_json(struct request *rq, unsigned status, json_t *obj)
 {
-    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    char *s = obj ? json_dump_checked(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(obj);
     return respond_json_text(rq, status, s);
 }

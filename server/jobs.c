@@ -57,6 +57,7 @@
 #include <openssl/rand.h>
 
 #include "auth/seal.h"
+#include "common/json_dump.h"
 #include "files.h"
 #include "http.h"
 #include "jobs.h"
@@ -216,7 +217,7 @@ static int job_persist(struct job_queue *q, struct job *j, struct err *e)
     char path[4200];
     if (job_path(q, j, "job.json", path, sizeof path) != INF_OK)
         return err_set(e, INF_ELIMIT, "job path too long");
-    char *s = json_dumps(j->doc, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    char *s = json_dump_checked(j->doc, JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (s == NULL)
         return err_set(e, INF_ENOMEM, "out of memory");
     int rc = fs_write_atomic(path, s, strlen(s), 0600, e);
@@ -276,7 +277,7 @@ static void job_event(struct job_queue *q, struct job *j, const char *level, con
     if (ev == NULL)
         return;
     json_array_append(j->events, ev);
-    char *line = json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    char *line = json_dump_checked(ev, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(ev);
     char path[4200];
     struct err e = {0};

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_dump.h"
 #include "oip.h"
 #include "oip_fast.h"
 
@@ -819,7 +820,7 @@ int oip_response_encode(const struct model *m, const char *model_name, const cha
                 json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before)));
         }
     }
-    text = json_dumps(res, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    text = json_dump_checked(res, JSON_COMPACT | JSON_REAL_PRECISION(9));
     if (text == NULL)
         goto out;
     size_t tl = strlen(text);
