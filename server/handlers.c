@@ -341,17 +341,25 @@ enum MHD_Result handle_explain(struct request *rq)
     struct model_attr_opts o;
     baseline = malloc(info->raw_size * sizeof *baseline);
     attr = malloc(info->raw_size * sizeof *attr);
-    ws = model_workspace_new(m, 64, &e);
     targets = json_array();
     data = json_array();
     tokens = info->input_kind == MODEL_INPUT_TEXT ? json_array() : NULL;
-    if (!baseline || !attr || !ws || !targets || !data ||
+    if (!baseline || !attr || !targets || !data ||
         (info->input_kind == MODEL_INPUT_TEXT && !tokens)) {
         res = http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
         goto out;
     }
     if (explain_options(m, req.params, &o, baseline, &e) != INF_OK) {
         res = http_respond_error(rq, MHD_HTTP_BAD_REQUEST, "%s", e.msg);
+        goto out;
+    }
+    /* Saliency and gradient x input take one forward and backward pass of one sample; only
+     * integrated gradients runs up to 64 points of its path per pass. A workspace for 64 is
+     * about 120 KiB (digits) taken and freed per request: under many connections these blocks
+     * set how far the malloc arenas grow (bench/soak/README.md). */
+    ws = model_workspace_new(m, o.method == MODEL_ATTR_INTEGRATED_GRADIENTS ? 64 : 1, &e);
+    if (ws == NULL) {
+        res = http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
         goto out;
     }
     for (size_t b = 0; b < req.batch; b++) {
