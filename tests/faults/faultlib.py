@@ -53,7 +53,9 @@ def is_asan(binary=BIN):
         out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
     except OSError:
         return False
-    return "libasan" in out or "libubsan" in out
+    # A sanitizer runtime owns the allocator: an LD_PRELOAD allocator shim cannot sit in front
+    # of it (under TSan the shim crashes the binary at start).
+    return "libasan" in out or "libubsan" in out or "libtsan" in out
 
 
 _shim = {}
