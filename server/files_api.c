@@ -14,8 +14,6 @@
  * request's own record; the client's filename is masked there and never logged. Contents are
  * never logged.
  */
-#include <errno.h>
-#include <sys/statvfs.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,16 +52,6 @@ static json_t *event_fields(struct server *srv, const struct file_info *info)
 /* ------------------------------------------------------------------------------------------
  * POST /v1/files
  * ---------------------------------------------------------------------------------------- */
-
-/* Is the data dir's file system too full for len more bytes? (statvfs: what the store's
- * write just ran into, whatever message it carried.) */
-static bool disk_full(const char *dir, size_t len)
-{
-    struct statvfs v;
-    if (statvfs(dir, &v) != 0)
-        return errno == ENOSPC;
-    return (unsigned long long)v.f_bavail * v.f_frsize < (unsigned long long)len + 65536;
-}
 
 enum MHD_Result handle_files_create(struct request *rq)
 {
@@ -120,7 +108,7 @@ enum MHD_Result handle_files_create(struct request *rq)
         log_msg(LOG_ERROR, "files: upload failed: %s", e.msg);
         /* The store's messages carry strerror(): a full disk is the operator's to fix, and the
          * client should know it is not its file (507, RFC 4918). */
-        if (rc == INF_EIO && disk_full(srv->opt.data_dir, file->len))
+        if (http_status_of_write(srv, rc, file->len) == MHD_HTTP_INSUFFICIENT_STORAGE)
             res = http_respond_error(rq, MHD_HTTP_INSUFFICIENT_STORAGE,
                                      "the server has no space left to store the file; retry "
                                      "later");

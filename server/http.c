@@ -3,9 +3,11 @@
  * log.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +234,17 @@ enum MHD_Result http_respond_error(struct request *rq, unsigned status, const ch
     if (rq->reason == NULL)
         rq->reason = strdup(msg); /* for the audit record; masked there */
     return respond_json_text(rq, status, error_body(rq, status, msg));
+}
+
+unsigned http_status_of_write(const struct server *srv, int rc, size_t len)
+{
+    if (rc != INF_EIO)
+        return http_status_of(rc);
+    struct statvfs v;
+    bool full = statvfs(srv->opt.data_dir, &v) != 0
+                    ? errno == ENOSPC
+                    : (unsigned long long)v.f_bavail * v.f_frsize < (unsigned long long)len + 65536;
+    return full ? MHD_HTTP_INSUFFICIENT_STORAGE : MHD_HTTP_SERVICE_UNAVAILABLE;
 }
 
 unsigned http_status_of(int status)

@@ -166,6 +166,10 @@ enum MHD_Result http_respond_error(struct request *rq, unsigned status, const ch
 /* Maps an engine status to an HTTP status: EINVAL 400, ELIMIT 413 or 503, ENOTFOUND 404,
  * ENOMEM 503, others 500. */
 unsigned http_status_of(int status);
+/* For a failed write of about len bytes under the data dir: 507 Insufficient Storage when rc is
+ * INF_EIO and the data dir's file system has less than len + 64 KiB free (the client should know
+ * it is not its request: RFC 4918), else http_status_of(rc), with INF_EIO as 503 (retry). */
+unsigned http_status_of_write(const struct server *srv, int rc, size_t len);
 
 /* The v2 endpoint handlers (handlers.c). */
 enum MHD_Result handle_live(struct request *rq);

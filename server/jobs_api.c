@@ -506,7 +506,7 @@ enum MHD_Result handle_jobs_create(struct request *rq)
         rq->no_retry = true;
         res = http_respond_error(rq, MHD_HTTP_TOO_MANY_REQUESTS, "%s", e.msg);
     } else if (rc == INF_EIO) {
-        res = http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "%s", e.msg);
+        res = http_respond_error(rq, http_status_of_write(rq->srv, rc, 4096), "%s", e.msg);
     } else if (rc != INF_OK) {
         res = respond_status(rq, rc, &e);
     } else {

@@ -130,7 +130,7 @@ enum MHD_Result handle_keys_create(struct request *rq)
     int rc = keystore_create(rq->srv->guard.keys, name, bits, &lim, token, &info, &e);
     json_decref(body);
     if (rc != INF_OK)
-        return http_respond_error(rq, http_status_of(rc), "%s", e.msg);
+        return http_respond_error(rq, http_status_of_write(rq->srv, rc, 4096), "%s", e.msg);
     char *masked = guard_mask(rq->srv, info.name, 128);
     char scopes_csv[32] = "";
     auth_scopes_format(info.scopes, scopes_csv, sizeof scopes_csv);

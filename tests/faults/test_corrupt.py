@@ -28,13 +28,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib  # noqa: E402
 from faultlib import BIN, EXAMPLES  # noqa: E402
-from harness import infera, main  # noqa: E402
+from harness import infera, run_tests  # noqa: E402
 from serverlib import Server  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "server"))
 from test_files import upload  # noqa: E402
 
 _state = {}
+# For the INFERA_REPORT_DIR report: every corruption made ({"test", "what"}), server starts on
+# damaged state, offline `infera audit verify` runs.
+STATS = {"injected": [], "starts": 0, "verifies": 0, "current": None}
 TRAIN_LINES = []
 with open(os.path.join(EXAMPLES, "digits", "train.jsonl")) as _f:
     for _, _line in zip(range(30), _f):
@@ -90,6 +93,16 @@ def pristine():
     return repo, data, facts
 
 
+def injected(what):
+    """Records one corruption made to persisted state (the report's faults_injected)."""
+    STATS["injected"].append({"test": STATS["current"], "what": what})
+
+
+def verify(data):
+    STATS["verifies"] += 1
+    return infera("audit", "verify", "--data-dir", data)
+
+
 def damaged_copy(name):
     repo, data, facts = pristine()
     d = os.path.join(_state["root"], "case-" + name)
@@ -99,6 +112,7 @@ def damaged_copy(name):
 
 
 def start(repo, data, token=None):
+    STATS["starts"] += 1
     srv = Server(models=repo, data_dir=data, args=["--train-workers", "0"])
     srv.start()
     if token:
@@ -146,6 +160,7 @@ def job_case(name, damage):
         orig = f.read()
     with open(path, "wb") as f:
         f.write(damage(orig))
+    injected("jobs/<id>/job.json: " + name)
     srv = start(repo, data, facts["token"])
     try:
         log = srv.read_log()
@@ -195,6 +210,7 @@ def test_job_json_wrong_types_in_optional_fields():
             doc[k] = [{"x": 1}] if not isinstance(doc[k], list) else "str"
     with open(path, "w") as f:
         json.dump(doc, f)
+    injected("jobs/<id>/job.json: optional fields of the wrong types")
     for _ in range(3):
         srv = start(repo, data, facts["token"])
         try:
@@ -226,7 +242,9 @@ def test_keys_json_garbage_refuses_to_start():
     bad = b'{"version": 1, "keys": [garbage'
     with open(path, "wb") as f:
         f.write(bad)
+    injected("keys.json: garbage before start")
     for _ in range(2):
+        STATS["starts"] += 1
         srv = Server(models=repo, data_dir=data, args=["--train-workers", "0"])
         try:
             srv.start()
@@ -246,6 +264,7 @@ def test_keys_json_garbage_refuses_to_start():
         with open(path + ".new", "wb") as f:
             f.write(bad)
         os.rename(path + ".new", path)
+        injected("keys.json: garbage while running")
         assert srv.get("/v2/models")[0] == 401
         assert "refusing every key" in srv.read_log()
         with open(path + ".new", "wb") as f:
@@ -267,6 +286,7 @@ def model_case(name, which, damage):
         orig = f.read()
     with open(path, "wb") as f:
         f.write(damage(orig))
+    injected("models/reg/" + which + ": " + name)
     for _ in range(3):
         srv = start(repo, data, facts["token"])
         try:
@@ -309,7 +329,8 @@ def test_audit_middle_segment_flipped_byte():
         c = f.read(1)
         f.seek(200)
         f.write(bytes([c[0] ^ 0x01]))
-    p = infera("audit", "verify", "--data-dir", data)
+    injected("audit: a flipped byte in a middle segment")
+    p = verify(data)
     assert p.returncode != 0 and os.path.basename(mid) in (p.stdout + p.stderr), p
     # Documented: a start checks the last segment only, so the server starts and serves.
     srv = start(repo, data, facts["token"])
@@ -317,7 +338,7 @@ def test_audit_middle_segment_flipped_byte():
         serves_everything_else(srv, facts)
     finally:
         close(srv)
-    p = infera("audit", "verify", "--data-dir", data)
+    p = verify(data)
     assert p.returncode != 0 and os.path.basename(mid) in (p.stdout + p.stderr), p
 
 
@@ -328,6 +349,7 @@ def test_audit_torn_tail():
         body = f.read()
     with open(last, "wb") as f:
         f.write(body + b'{"event":"torn mid-wri')
+    injected("audit: a torn last line")
     for _ in range(2):
         srv = start(repo, data, facts["token"])
         try:
@@ -336,7 +358,7 @@ def test_audit_torn_tail():
             close(srv)
     text = "".join(open(s).read() for s in segments(data))
     assert "audit.tail_truncated" in text
-    p = infera("audit", "verify", "--data-dir", data)
+    p = verify(data)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -354,6 +376,7 @@ def test_file_content_flipped_byte():
         c = f.read(1)
         f.seek(size // 2)
         f.write(bytes([c[0] ^ 0x40]))
+    injected("files/<id>: a flipped byte in the sealed content")
     for _ in range(2):
         srv = start(repo, data, facts["token"])
         try:
@@ -373,6 +396,7 @@ def test_file_metadata_garbage():
     path = os.path.join(data, "files", bad + ".json")
     with open(path, "wb") as f:
         f.write(b'{"id": 12, "bytes": "many"')
+    injected("files/<id>.json: garbage metadata")
     srv = start(repo, data, facts["token"])
     try:
         log = srv.read_log()
@@ -390,9 +414,52 @@ def test_file_metadata_garbage():
     restart_twice(repo, data, facts, bad_file=bad)
 
 
+# ------------------------------------------------------------------------------------------
+# Report (bench/reliability/run): with INFERA_REPORT_DIR set, corrupt.json
+# ------------------------------------------------------------------------------------------
+
+def write_report(outcomes, seconds):
+    """Writes $INFERA_REPORT_DIR/corrupt.json when the variable is set. cases: the tests (one
+    kind of damage each); faults_injected: corruptions made; executions: server starts on
+    damaged state plus offline audit verifications; losses: failed tests (a crash, a crash
+    loop, damage not contained, data that read back wrong)."""
+    d = os.environ.get("INFERA_REPORT_DIR")
+    if not d:
+        return
+    doc = {"name": "corrupt persisted state (tests/faults/test_corrupt.py)",
+           "cases": len(outcomes), "executions": STATS["starts"] + STATS["verifies"],
+           "faults_injected": len(STATS["injected"]),
+           "losses": sum(1 for ok in outcomes.values() if not ok),
+           "details": {"tests": outcomes, "corruptions": STATS["injected"],
+                       "server_starts": STATS["starts"], "audit_verifies": STATS["verifies"],
+                       "failed_tests": sorted(n for n, ok in outcomes.items() if not ok),
+                       "seconds": round(seconds, 1)}}
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".corrupt.json.%d" % os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(d, "corrupt.json"))
+
+
+def _recorded(test, outcomes):
+    def run():
+        STATS["current"] = test.__name__
+        outcomes[test.__name__] = False
+        test()
+        outcomes[test.__name__] = True
+    run.__name__ = test.__name__
+    return run
+
+
 if __name__ == "__main__":
+    t0 = time.time()
+    outcomes = {}
+    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
     try:
-        main(globals())
+        code = run_tests([_recorded(t, outcomes) for t in tests])
     finally:
         if "root" in _state:
             shutil.rmtree(_state["root"], ignore_errors=True)
+        write_report(outcomes, time.time() - t0)
+    sys.exit(code)

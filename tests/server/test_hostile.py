@@ -30,6 +30,9 @@ apart (test_slow_clients): slowloris connections, more connections than --max-co
 Bugs a case reveals are not papered over: the case fails and the list printed at the end
 names the request, what happened and what was expected.
 
+With INFERA_REPORT_DIR set, writes hostile.json there (bench/reliability/run): cases = hostile
+requests sent, by category; losses = the cases that failed.
+
 Run: cd tests && INFERA_BIN=../build/infera python3 server/test_hostile.py
 """
 import hashlib
@@ -46,7 +49,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import EXAMPLES, WRAPPER, infera, main  # noqa: E402
+from harness import EXAMPLES, WRAPPER, infera  # noqa: E402
 from serverlib import SLOW, Server  # noqa: E402
 
 MAX_BODY = 65536
@@ -100,6 +103,10 @@ TRAIN = b"".join(b'{"input": [%d, %d], "target": [%d]}\n' % (i, i + 1, i % 3) fo
 
 _ctx = {}
 BUGS = []  # (case, what was sent, what happened, what was expected)
+# For the INFERA_REPORT_DIR report: hostile cases by category ({"cases", "failed"}), problem
+# kinds, raw exchanges (hostile requests on their own connections) and invariant checks (one
+# readiness probe and two reference inferences each, after every case).
+STATS = {"categories": {}, "problems": {}, "exchanges": 0, "invariant_checks": 0}
 
 
 class Ctx:
@@ -225,6 +232,7 @@ def invariants(c, name):
     """Problems after a case: the server died, is not ready, answers differently, or the data
     dir changed."""
     problems = []
+    STATS["invariant_checks"] += 1
     if c.srv.proc.poll() is not None:
         problems.append("the server exited with code %d" % c.srv.proc.returncode)
         return problems
@@ -268,6 +276,7 @@ def exchange(port, data, deadline):
     reads until the server closes the connection or deadline seconds pass. Returns (bytes,
     closed by the server, seconds)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=deadline)
+    STATS["exchanges"] += 1
     t0 = time.time()
 
     def send():
@@ -393,6 +402,7 @@ class Case:
                  allow=None):
         self.name, self.build, self.expect, self.shape = name, build, expect, shape
         self.check, self.wait, self.head, self.allow = check, wait, head, allow
+        self.category = "other"  # set by all_cases(); the report counts by it
 
 
 def err_v2(needle=None):
@@ -1012,10 +1022,19 @@ def method_cases():
     return out
 
 
+CATEGORIES = (("framing", framing_cases), ("injection", injection_cases),
+              ("auth", auth_cases), ("json", json_cases), ("content_type", content_type_cases),
+              ("path", path_cases), ("repository", repository_cases),
+              ("upload_and_create", upload_and_create_cases), ("method", method_cases))
+
+
 def all_cases():
-    return (framing_cases() + injection_cases() + auth_cases() + json_cases() +
-            content_type_cases() + path_cases() + repository_cases() +
-            upload_and_create_cases() + method_cases())
+    out = []
+    for category, make in CATEGORIES:
+        for k in make():
+            k.category = category
+            out.append(k)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -1166,6 +1185,12 @@ def run_table(c, cases, label):
 
 
 def report(c, case, probs, failed):
+    cat = STATS["categories"].setdefault(case.category, {"cases": 0, "failed": 0})
+    cat["cases"] += 1
+    if probs:
+        cat["failed"] += 1
+        for kind, _ in probs:
+            STATS["problems"][kind] = STATS["problems"].get(kind, 0) + 1
     if not probs:
         print("  ok   %s" % case.name, flush=True)
         return
@@ -1243,7 +1268,9 @@ def test_slow_clients():
         probs = fn(c)
         probs += [("server", p) for p in invariants(c, name)]
         print("  (%s: %.1f s)" % (name, time.time() - t0), flush=True)
-        report(c, Case(name, lambda _c: b"", 200), probs, failed)
+        k = Case(name, lambda _c: b"", 200)
+        k.category = "slow_clients"
+        report(c, k, probs, failed)
     assert not failed, failed
 
 
@@ -1438,9 +1465,62 @@ def _finish():
                      what[:900], expected))
 
 
+# ------------------------------------------------------------------------------------------
+# Report (bench/reliability/run): with INFERA_REPORT_DIR set, hostile.json
+# ------------------------------------------------------------------------------------------
+
+def write_report(outcomes, seconds):
+    """Writes $INFERA_REPORT_DIR/hostile.json when the variable is set. cases: hostile
+    requests sent (table cases, the path-named upload, the slow-client scenarios); losses:
+    cases that failed (wrong status or shape, a hang, the server not serving afterwards,
+    persisted state changed) plus failed tests no case accounts for (e.g. the final drain
+    not exiting 0)."""
+    d = os.environ.get("INFERA_REPORT_DIR")
+    if not d:
+        return
+    cats = STATS["categories"]
+    cases = sum(v["cases"] for v in cats.values())
+    failed_cases = sum(v["failed"] for v in cats.values())
+    table_tests = {"test_hostile_requests", "test_slow_clients"}
+    other_failed = [n for n, ok in outcomes.items()
+                    if not ok and not (n in table_tests and failed_cases)]
+    upload_ok = outcomes.get("test_upload_filename_with_path_is_a_plain_name")
+    if upload_ok is not None:
+        cases += 1
+        cats["upload_path_filename"] = {"cases": 1, "failed": int(not upload_ok)}
+    doc = {"name": "hostile requests (tests/server/test_hostile.py)", "cases": cases,
+           "executions": STATS["exchanges"] + 3 * STATS["invariant_checks"],
+           "faults_injected": 0, "losses": failed_cases + len(other_failed),
+           "details": {"categories": cats, "problems": STATS["problems"],
+                       "hostile_exchanges": STATS["exchanges"],
+                       "invariant_checks": STATS["invariant_checks"],
+                       "failed_tests": sorted(n for n, ok in outcomes.items() if not ok),
+                       "tests": len(outcomes), "wrapper": " ".join(WRAPPER),
+                       "seconds": round(seconds, 1)}}
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".hostile.json.%d" % os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(d, "hostile.json"))
+
+
+def _recorded(test, outcomes):
+    def run():
+        outcomes[test.__name__] = False
+        test()
+        outcomes[test.__name__] = True
+    run.__name__ = test.__name__
+    return run
+
+
 if __name__ == "__main__":
     import atexit
+    from harness import run_tests
     t0 = time.time()
+    outcomes = {}
     atexit.register(lambda: print("runtime %.1f s" % (time.time() - t0)))
-    atexit.register(_finish)
-    main(globals())
+    atexit.register(lambda: write_report(outcomes, time.time() - t0))
+    atexit.register(_finish)  # runs first (atexit is LIFO): the server is stopped before
+    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
+    sys.exit(run_tests([_recorded(t, outcomes) for t in tests]))
