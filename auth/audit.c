@@ -37,7 +37,7 @@
 
 #define AUDIT_DEFAULT_SEGMENT_BYTES ((size_t)64 << 20)
 #define AUDIT_DEFAULT_MAX_BATCH     1024u
-#define AUDIT_DEFAULT_IN_FLIGHT     8u
+#define AUDIT_DEFAULT_IN_FLIGHT     16u
 #define AUDIT_MAX_IN_FLIGHT         64u
 #define AUDIT_KEY_LEN_MAX           64
 #define AUDIT_RETRY_NS              500000000L /* background re-check while unhealthy */
@@ -50,11 +50,12 @@ struct audit_item {
     size_t seq_off; /* offset of the seq's '0' */
     size_t mac_off; /* offset of the mac's 64 zeros (before seq: keys are sorted) */
     struct audit_item *next;
-    bool done;         /* set under mu when its commit is acknowledged; then no longer touched */
-    int rc;            /* outcome, valid once done */
-    uint64_t seq;      /* the record's seq if rc == INF_OK */
-    struct err err;    /* message if rc != INF_OK */
-    pthread_cond_t cv; /* its appender waits here: a commit wakes only its own appenders */
+    int rc;               /* outcome, valid once done */
+    uint64_t seq;         /* the record's seq if rc == INF_OK */
+    struct err err;       /* message if rc != INF_OK */
+    pthread_mutex_t mu;   /* its own lock, so waking an appender does not contend on the log's */
+    pthread_cond_t cv;    /* its appender waits here for done */
+    bool done;            /* set (under mu) by its committer; then the item is no longer touched */
 };
 
 /* A committer thread and the group commit it has in flight (from its turn to its ack). */
@@ -67,8 +68,10 @@ struct audit_committer {
     size_t n;
     /* The commit in flight. Set during the turn; done, rc and err also under mu afterwards. */
     uint64_t ticket;
-    bool in_flight;
+    bool in_flight;       /* under the log's mu: between turn_take and its acknowledgement */
     bool done;            /* its write (and fdatasync) finished; waiting for earlier tickets */
+    bool acked;           /* acknowledged (rc final); its thread then wakes the appenders */
+    pthread_cond_t ack_cv; /* its thread waits here for acked */
     bool recover;         /* the turn began while the log was poisoned (see the file comment) */
     bool sync_failed;     /* fdatasync failed: poisons the commits after it */
     int rc;               /* the commit's outcome */
@@ -93,7 +96,8 @@ struct audit_log {
     /* Guarded by mu (a leaf lock: no I/O and no calls out while held). */
     pthread_mutex_t mu;
     pthread_cond_t work_cv;  /* idle committers wait for items, the turn, or stopping */
-    pthread_cond_t ack_cv;   /* a turn waits here for earlier commits to be acknowledged */
+    pthread_cond_t drain_cv; /* a turn waits here for earlier commits to be acknowledged */
+    unsigned draining;       /* turns waiting on drain_cv */
     struct audit_item *head, *tail;
     bool stopping;
     bool healthy;
@@ -403,12 +407,15 @@ static int add_segment_start(struct audit_log *log, struct err *e)
 static void drain(struct audit_log *log, const struct audit_committer *c)
 {
     pthread_mutex_lock(&log->mu);
+    log->draining++;
     while (log->next_ack != c->ticket)
-        pthread_cond_wait(&log->ack_cv, &log->mu);
+        pthread_cond_wait(&log->drain_cv, &log->mu);
+    log->draining--;
     pthread_mutex_unlock(&log->mu);
 }
 
-/* Acknowledges finished commits in ticket order, waking their appenders. Caller holds mu. */
+/* Acknowledges finished commits in ticket order: settles each one's outcome and tells its
+ * thread, which wakes the appenders (items_wake). Caller holds mu. */
 static void acks_advance(struct audit_log *log)
 {
     for (;;) {
@@ -439,19 +446,30 @@ static void acks_advance(struct audit_log *log)
         if (log->healthy && c->rc != INF_OK)
             pthread_cond_broadcast(&log->work_cv); /* committer 0 starts its re-checks */
         log->healthy = c->rc == INF_OK;
-        for (size_t i = 0; i < c->n; i++) {
-            struct audit_item *it = c->batch[i];
-            if (it->rc == INF_OK && c->rc != INF_OK) {
-                it->rc = c->rc;
-                it->err = c->err;
-            }
-            it->done = true;
-            pthread_cond_signal(&it->cv);
-        }
         c->in_flight = false;
+        c->acked = true;
+        pthread_cond_signal(&c->ack_cv);
         log->next_ack++;
     }
-    pthread_cond_broadcast(&log->ack_cv);
+    if (log->draining > 0)
+        pthread_cond_broadcast(&log->drain_cv);
+}
+
+/* Gives c's appenders their outcome and wakes them. c is acknowledged; caller holds no lock. */
+static void items_wake(struct audit_committer *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        struct audit_item *it = c->batch[i];
+        if (it->rc == INF_OK && c->rc != INF_OK) {
+            it->rc = c->rc;
+            it->err = c->err;
+        }
+        pthread_mutex_lock(&it->mu);
+        it->done = true;
+        pthread_cond_signal(&it->cv);
+        pthread_mutex_unlock(&it->mu); /* the appender may free the item from here on */
+    }
+    c->n = 0;
 }
 
 /*
@@ -471,6 +489,7 @@ static void turn_take(struct audit_log *log, struct audit_committer *c)
     c->ticket = log->next_ticket++;
     c->in_flight = true;
     c->done = false;
+    c->acked = false;
     c->recover = log->poisoned;
 }
 
@@ -561,7 +580,11 @@ static int commit(struct audit_log *log, struct audit_committer *c, struct err *
     pthread_mutex_lock(&log->mu);
     c->done = true;
     acks_advance(log);
+    while (!c->acked)
+        pthread_cond_wait(&c->ack_cv, &log->mu);
     pthread_mutex_unlock(&log->mu);
+    rc = c->rc; /* an earlier commit's failed fdatasync may have failed this one too */
+    items_wake(c);
     return rc;
 }
 
@@ -606,9 +629,6 @@ static void *committer_main(void *arg)
             pthread_mutex_unlock(&log->mu);
             (void)commit(log, c, NULL);
             pthread_mutex_lock(&log->mu);
-            /* Its batch stays in use until earlier commits let it be acknowledged. */
-            while (c->in_flight)
-                pthread_cond_wait(&log->ack_cv, &log->mu);
             continue;
         }
         if (log->head == NULL && log->stopping)
@@ -735,6 +755,7 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     uint64_t dropped = 0;
     json_t *tail_rec = NULL;
     struct audit_item item = {0}; /* the tail_truncated record, if any */
+    pthread_mutex_init(&item.mu, NULL);
     pthread_cond_init(&item.cv, NULL);
     if (dir == NULL || key == NULL || out == NULL)
         return err_set(e, INF_EINVAL, "audit_open: missing argument");
@@ -756,9 +777,10 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&log->work_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&log->ack_cv, NULL);
+    pthread_cond_init(&log->drain_cv, NULL);
     for (unsigned i = 0; i < log->in_flight; i++) {
         struct audit_committer *c = &log->committers[i];
+        pthread_cond_init(&c->ack_cv, NULL);
         c->log = log;
         c->index = i;
         c->fd = -1;
@@ -826,6 +848,7 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
 out:
     json_decref(tail_rec);
     pthread_cond_destroy(&item.cv);
+    pthread_mutex_destroy(&item.mu);
     free(item.line);
     audit_close(log);
     return rc;
@@ -846,10 +869,11 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
     json_decref(rec);
     if (rc != INF_OK)
         return rc;
+    pthread_mutex_init(&item.mu, NULL);
     pthread_cond_init(&item.cv, NULL);
     pthread_mutex_lock(&log->mu);
-    if (log->stopping) {
-        item.done = true;
+    bool closing = log->stopping;
+    if (closing) {
         item.rc = err_set(&item.err, INF_EIO, "the audit log is closing");
     } else {
         if (log->tail != NULL)
@@ -859,10 +883,13 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
         log->tail = &item;
         pthread_cond_signal(&log->work_cv);
     }
-    while (!item.done)
-        pthread_cond_wait(&item.cv, &log->mu);
     pthread_mutex_unlock(&log->mu);
+    pthread_mutex_lock(&item.mu);
+    while (!closing && !item.done)
+        pthread_cond_wait(&item.cv, &item.mu);
+    pthread_mutex_unlock(&item.mu);
     pthread_cond_destroy(&item.cv);
+    pthread_mutex_destroy(&item.mu);
     free(item.line);
     if (item.rc != INF_OK)
         return err_set(e, item.rc, "%s", item.err.msg);
@@ -908,11 +935,13 @@ void audit_close(struct audit_log *log)
     if (log->dir_lock_fd >= 0)
         close(log->dir_lock_fd); /* releases the flock */
     audit_hmac_free(log->hmac);
-    for (unsigned i = 0; i < log->in_flight; i++)
+    for (unsigned i = 0; i < log->in_flight; i++) {
         free(log->committers[i].batch);
+        pthread_cond_destroy(&log->committers[i].ack_cv);
+    }
     free(log->out);
     pthread_cond_destroy(&log->work_cv);
-    pthread_cond_destroy(&log->ack_cv);
+    pthread_cond_destroy(&log->drain_cv);
     pthread_mutex_destroy(&log->mu);
     free(log);
 }

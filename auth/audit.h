@@ -113,7 +113,7 @@
 struct audit_options {
     size_t segment_bytes; /* close a segment once it holds this many bytes; 0: 64 MiB */
     unsigned max_batch;     /* records per group commit at most; 0: 1024 */
-    unsigned max_in_flight; /* group commits in their fdatasync at once; 0: 8, at most 64 */
+    unsigned max_in_flight; /* group commits in their fdatasync at once; 0: 16, at most 64 */
 };
 
 struct audit_log;
