@@ -5,10 +5,14 @@
  * Appenders put an item on a FIFO queue and sleep. Committer threads (max_in_flight of them)
  * take turns at the file: the one whose turn it is takes up to max_batch queued items, gives
  * them seqs in queue order, serialises and MACs them into one buffer and write()s it (a group
- * commit); then it hands the turn on and, outside the turn, calls fdatasync. So several group
- * commits can be in their fdatasync at once: on disks that take a millisecond or more per
- * flush but serve several flushes in parallel (virtual and network block devices, SSDs with
- * queues), a record waits about one flush instead of the rest of the current one plus its own.
+ * commit); then it hands the turn on and, outside the turn, calls fdatasync. A commit starts
+ * at once when none is in flight, and beside others only once the newest has been in flight
+ * AUDIT_OVERLAP_NS (may_start). On a disk that syncs faster than that, commits go one at a
+ * time and what arrives meanwhile leaves together in the next (few fdatasyncs: they cost CPU);
+ * on a disk that takes milliseconds per flush but serves several in parallel (virtual and
+ * network block devices, SSDs with queues), several are in flight and a record waits about one
+ * flush instead of the rest of the current one plus its own. Measured with fdatasync slowed by
+ * 3 ms: 1.75x the requests/s of one commit at a time; on this VM's 0.5 ms disk: 0.93x.
  *
  * Commits are acknowledged strictly in the order they were written (their ticket): a commit's
  * records are durable only when its own fdatasync and every earlier commit's have succeeded.
@@ -37,10 +41,13 @@
 
 #define AUDIT_DEFAULT_SEGMENT_BYTES ((size_t)64 << 20)
 #define AUDIT_DEFAULT_MAX_BATCH     1024u
-#define AUDIT_DEFAULT_IN_FLIGHT     16u
+#ifndef AUDIT_DEFAULT_IN_FLIGHT
+#define AUDIT_DEFAULT_IN_FLIGHT 16u
+#endif
 #define AUDIT_MAX_IN_FLIGHT         64u
 #define AUDIT_KEY_LEN_MAX           64
 #define AUDIT_RETRY_NS              500000000L /* background re-check while unhealthy */
+#define AUDIT_OVERLAP_NS            1000000L   /* a commit may start beside one this old */
 #define AUDIT_PATH_MAX              4096
 
 /* One record waiting for a committer. Lives on the appender's stack until done is set. */
@@ -102,6 +109,9 @@ struct audit_log {
     bool stopping;
     bool healthy;
     bool turn_taken;         /* a committer is serialising and writing */
+    unsigned active;         /* commits from their turn to their acknowledgement */
+    struct timespec last_start; /* when the newest of them took its turn (monotonic) */
+    bool timer_armed;        /* one idle committer waits for may_start's time; others sleep */
     uint64_t next_ticket;    /* ticket of the next turn */
     uint64_t next_ack;       /* the ticket to acknowledge next */
     bool poisoned;           /* an fdatasync failed; cleared by the turn that cuts back */
@@ -403,6 +413,19 @@ static int add_segment_start(struct audit_log *log, struct err *e)
     return rc;
 }
 
+/*
+ * Wakes an idle committer for queued work, unless one is bound to look anyway: the turn holder
+ * hands on at the end of its turn, and an armed timer looks when may_start allows. Waking
+ * committers that would only go back to sleep costs two context switches a record. Caller
+ * holds mu.
+ */
+static void work_signal(struct audit_log *log)
+{
+    if (log->turn_taken || (log->active > 0 && log->timer_armed))
+        return;
+    pthread_cond_signal(&log->work_cv);
+}
+
 /* Waits until every commit before c's is acknowledged (c holds the turn). */
 static void drain(struct audit_log *log, const struct audit_committer *c)
 {
@@ -448,6 +471,9 @@ static void acks_advance(struct audit_log *log)
         log->healthy = c->rc == INF_OK;
         c->in_flight = false;
         c->acked = true;
+        log->active--;
+        if (log->active == 0 && log->head != NULL)
+            pthread_cond_signal(&log->work_cv); /* a commit held back by may_start can go */
         pthread_cond_signal(&c->ack_cv);
         log->next_ack++;
     }
@@ -486,6 +512,8 @@ static void turn_take(struct audit_log *log, struct audit_committer *c)
     if (log->head == NULL)
         log->tail = NULL;
     log->turn_taken = true;
+    log->active++;
+    clock_gettime(CLOCK_MONOTONIC, &log->last_start);
     c->ticket = log->next_ticket++;
     c->in_flight = true;
     c->done = false;
@@ -559,7 +587,7 @@ static int commit(struct audit_log *log, struct audit_committer *c, struct err *
     pthread_mutex_lock(&log->mu);
     log->turn_taken = false;
     if (log->head != NULL)
-        pthread_cond_signal(&log->work_cv);
+        work_signal(log);
     pthread_mutex_unlock(&log->mu);
     if (c->wrote) {
         struct timespec t0, t1;
@@ -618,12 +646,47 @@ static struct timespec deadline_in(long ns)
     return t;
 }
 
+/*
+ * May a new commit start now? Always when none is in flight. Beside commits in flight only
+ * once the newest has been in flight AUDIT_OVERLAP_NS: on a disk that syncs in less, commits
+ * run one at a time and the records that arrive meanwhile leave together in the next one (fewer
+ * fdatasyncs, less CPU); on a slower disk several syncs overlap, about one per AUDIT_OVERLAP_NS,
+ * so a record waits about one flush. Otherwise *until gets the time to look again. Caller
+ * holds mu.
+ */
+static bool may_start(const struct audit_log *log, struct timespec *until)
+{
+    if (log->active == 0 || log->stopping)
+        return true;
+    *until = log->last_start;
+    until->tv_nsec += AUDIT_OVERLAP_NS;
+    if (until->tv_nsec >= 1000000000L) {
+        until->tv_sec++;
+        until->tv_nsec -= 1000000000L;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > until->tv_sec ||
+           (now.tv_sec == until->tv_sec && now.tv_nsec >= until->tv_nsec);
+}
+
 static void *committer_main(void *arg)
 {
     struct audit_committer *c = arg;
     struct audit_log *log = c->log;
     pthread_mutex_lock(&log->mu);
     for (;;) {
+        struct timespec until;
+        if (log->head != NULL && !log->turn_taken && !may_start(log, &until)) {
+            if (log->timer_armed) {
+                pthread_cond_wait(&log->work_cv, &log->mu);
+            } else {
+                log->timer_armed = true;
+                (void)pthread_cond_timedwait(&log->work_cv, &log->mu, &until);
+                log->timer_armed = false;
+            }
+            continue;
+        }
         if (log->head != NULL && !log->turn_taken) {
             turn_take(log, c);
             pthread_mutex_unlock(&log->mu);
@@ -638,7 +701,7 @@ static void *committer_main(void *arg)
             continue;
         }
         /* Committer 0, idle while the log is unhealthy: re-check now and then. */
-        struct timespec until = deadline_in(AUDIT_RETRY_NS);
+        until = deadline_in(AUDIT_RETRY_NS);
         if (pthread_cond_timedwait(&log->work_cv, &log->mu, &until) != 0 && log->head == NULL &&
             !log->healthy && !log->turn_taken) {
             log->turn_taken = true; /* the probe reads the turn state */
@@ -881,7 +944,7 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
         else
             log->head = &item;
         log->tail = &item;
-        pthread_cond_signal(&log->work_cv);
+        work_signal(log);
     }
     pthread_mutex_unlock(&log->mu);
     pthread_mutex_lock(&item.mu);

@@ -87,8 +87,10 @@
  * audit_stats_get from any thread. audit_open and audit_close must not race with other calls
  * on the same log. Each open log has max_in_flight committer threads that do all file I/O:
  * they take turns to serialise and write a group commit, and each syncs its own commit outside
- * the turn, so up to max_in_flight fdatasyncs run at once (a record waits about one flush, not
- * the rest of the current one plus its own). Commits are acknowledged in the order they were
+ * the turn. A commit starts beside others in flight only once the newest has been in flight
+ * 1 ms, so on a fast disk commits go one at a time (and group what arrives meanwhile), and on a
+ * slow one up to max_in_flight fdatasyncs run at once (a record waits about one flush, not the
+ * rest of the current one plus its own). Commits are acknowledged in the order they were
  * written; a failed fdatasync fails its commit and every later one in flight, and the log then
  * continues from the last acknowledged record (see Failures).
  *
