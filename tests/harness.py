@@ -50,6 +50,34 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+
+def report_write(part, doc):
+    """Writes doc to $INFERA_REPORT_DIR/<part>.json (atomically: a temporary file renamed) when
+    the variable is set: one part of bench/reliability/run's summary ({"name", "cases",
+    "executions", "faults_injected", "losses", "details"}). Nothing when it is not set."""
+    d = os.environ.get("INFERA_REPORT_DIR")
+    if not d:
+        return
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".%s.json.%d" % (part, os.getpid()))
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(d, part + ".json"))
+
+
+def recorded(test, outcomes, before=None):
+    """test wrapped so that outcomes[name] says whether it passed (for report_write); before
+    (optional) is called with the name first."""
+    def run():
+        if before is not None:
+            before(test.__name__)
+        outcomes[test.__name__] = False
+        test()
+        outcomes[test.__name__] = True
+    run.__name__ = test.__name__
+    return run
+
 def run_tests(tests):
     passed = failed = 0
     for t in tests:

@@ -38,7 +38,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib  # noqa: E402
 from faultlib import BIN, EXAMPLES, JANSSON_LEX_ABORT, shim_env  # noqa: E402
-from harness import main  # noqa: E402
+from harness import main, report_write  # noqa: E402
 from serverlib import Server  # noqa: E402
 
 FULL = os.environ.get("INFERA_FAULTS_FULL") == "1"
@@ -103,12 +103,7 @@ def write_report():
     for k in REPORT_KEYS:
         rep[k] = sum(d[k] for d in report_details.values())
     rep["details"] = report_details
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "alloc.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(rep, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, "alloc.json"))
+    report_write("alloc", rep)
 
 
 def workdir():

@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib  # noqa: E402
 from faultlib import BIN, EXAMPLES  # noqa: E402
-from harness import infera, run_tests  # noqa: E402
+from harness import infera, recorded, report_write, run_tests  # noqa: E402
 from serverlib import Server  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "server"))
@@ -434,22 +434,7 @@ def write_report(outcomes, seconds):
                        "server_starts": STATS["starts"], "audit_verifies": STATS["verifies"],
                        "failed_tests": sorted(n for n, ok in outcomes.items() if not ok),
                        "seconds": round(seconds, 1)}}
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".corrupt.json.%d" % os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(d, "corrupt.json"))
-
-
-def _recorded(test, outcomes):
-    def run():
-        STATS["current"] = test.__name__
-        outcomes[test.__name__] = False
-        test()
-        outcomes[test.__name__] = True
-    run.__name__ = test.__name__
-    return run
+    report_write("corrupt", doc)
 
 
 if __name__ == "__main__":
@@ -457,7 +442,7 @@ if __name__ == "__main__":
     outcomes = {}
     tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
     try:
-        code = run_tests([_recorded(t, outcomes) for t in tests])
+        code = run_tests([recorded(t, outcomes, lambda name: STATS.__setitem__("current", name)) for t in tests])
     finally:
         if "root" in _state:
             shutil.rmtree(_state["root"], ignore_errors=True)

@@ -70,7 +70,7 @@ from contextlib import contextmanager
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib  # noqa: E402
 from faultlib import BIN, EXAMPLES, WRAPPER  # noqa: E402
-from harness import infera, run_tests  # noqa: E402
+from harness import infera, report_write, run_tests  # noqa: E402
 from serverlib import SLOW, Server  # noqa: E402
 
 ROUNDS = int(os.environ.get("INFERA_CRASH_ROUNDS") or (4 if WRAPPER else 50))
@@ -803,12 +803,7 @@ def write_report(ok, seconds, failure=None):
     doc = {"name": "crash (kill -9 loop)", "cases": STATS["rounds"],
            "faults_injected": STATS["kills"], "executions": STATS["requests"],
            "losses": len(LOSSES) + (0 if ok or LOSSES else 1), "details": details}
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".crash.json.%d" % os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(d, "crash.json"))
+    report_write("crash", doc)
 
 
 if __name__ == "__main__":

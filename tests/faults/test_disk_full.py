@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib  # noqa: E402
 from faultlib import EXAMPLES  # noqa: E402
-from harness import infera, run_tests  # noqa: E402
+from harness import infera, recorded, report_write, run_tests  # noqa: E402
 from serverlib import Server  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "server"))
@@ -58,12 +58,7 @@ def write_report(outcomes, seconds, skipped=None):
     doc = {"name": "disk full (tests/faults/test_disk_full.py)", "cases": len(outcomes),
            "executions": STATS["requests"] + STATS["cli"], "faults_injected": STATS["fills"],
            "losses": sum(1 for ok in outcomes.values() if not ok), "details": details}
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".disk_full.json.%d" % os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(d, "disk_full.json"))
+    report_write("disk_full", doc)
 
 
 def skip(msg):
@@ -291,21 +286,12 @@ def test_disk_full_state_writes_audit_elsewhere():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _recorded(test, outcomes):
-    def run():
-        outcomes[test.__name__] = False
-        test()
-        outcomes[test.__name__] = True
-    run.__name__ = test.__name__
-    return run
-
-
 if __name__ == "__main__":
     t0 = time.time()
     outcomes = {}
     tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
     try:
-        code = run_tests([_recorded(t, outcomes) for t in tests])
+        code = run_tests([recorded(t, outcomes) for t in tests])
     finally:
         write_report(outcomes, time.time() - t0)
     sys.exit(code)

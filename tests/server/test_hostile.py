@@ -49,7 +49,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import EXAMPLES, WRAPPER, infera  # noqa: E402
+from harness import EXAMPLES, WRAPPER, infera, recorded, report_write  # noqa: E402
 from serverlib import SLOW, Server  # noqa: E402
 
 MAX_BODY = 65536
@@ -1497,21 +1497,7 @@ def write_report(outcomes, seconds):
                        "failed_tests": sorted(n for n, ok in outcomes.items() if not ok),
                        "tests": len(outcomes), "wrapper": " ".join(WRAPPER),
                        "seconds": round(seconds, 1)}}
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".hostile.json.%d" % os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(d, "hostile.json"))
-
-
-def _recorded(test, outcomes):
-    def run():
-        outcomes[test.__name__] = False
-        test()
-        outcomes[test.__name__] = True
-    run.__name__ = test.__name__
-    return run
+    report_write("hostile", doc)
 
 
 if __name__ == "__main__":
@@ -1523,4 +1509,4 @@ if __name__ == "__main__":
     atexit.register(lambda: write_report(outcomes, time.time() - t0))
     atexit.register(_finish)  # runs first (atexit is LIFO): the server is stopped before
     tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
-    sys.exit(run_tests([_recorded(t, outcomes) for t in tests]))
+    sys.exit(run_tests([recorded(t, outcomes) for t in tests]))
