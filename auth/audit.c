@@ -44,11 +44,11 @@
 #ifndef AUDIT_DEFAULT_IN_FLIGHT
 #define AUDIT_DEFAULT_IN_FLIGHT 16u
 #endif
-#define AUDIT_MAX_IN_FLIGHT         64u
-#define AUDIT_KEY_LEN_MAX           64
-#define AUDIT_RETRY_NS              500000000L /* background re-check while unhealthy */
-#define AUDIT_OVERLAP_NS            1000000L   /* a commit may start beside one this old */
-#define AUDIT_PATH_MAX              4096
+#define AUDIT_MAX_IN_FLIGHT 64u
+#define AUDIT_KEY_LEN_MAX   64
+#define AUDIT_RETRY_NS      500000000L /* background re-check while unhealthy */
+#define AUDIT_OVERLAP_NS    1000000L   /* a commit may start beside one this old */
+#define AUDIT_PATH_MAX      4096
 
 /* One record waiting for a committer. Lives on the appender's stack until done is set. */
 struct audit_item {
@@ -57,12 +57,12 @@ struct audit_item {
     size_t seq_off; /* offset of the seq's '0' */
     size_t mac_off; /* offset of the mac's 64 zeros (before seq: keys are sorted) */
     struct audit_item *next;
-    int rc;               /* outcome, valid once done */
-    uint64_t seq;         /* the record's seq if rc == INF_OK */
-    struct err err;       /* message if rc != INF_OK */
-    pthread_mutex_t mu;   /* its own lock, so waking an appender does not contend on the log's */
-    pthread_cond_t cv;    /* its appender waits here for done */
-    bool done;            /* set (under mu) by its committer; then the item is no longer touched */
+    int rc;             /* outcome, valid once done */
+    uint64_t seq;       /* the record's seq if rc == INF_OK */
+    struct err err;     /* message if rc != INF_OK */
+    pthread_mutex_t mu; /* its own lock, so waking an appender does not contend on the log's */
+    pthread_cond_t cv;  /* its appender waits here for done */
+    bool done;          /* set (under mu) by its committer; then the item is no longer touched */
 };
 
 /* A committer thread and the group commit it has in flight (from its turn to its ack). */
@@ -75,19 +75,19 @@ struct audit_committer {
     size_t n;
     /* The commit in flight. Set during the turn; done, rc and err also under mu afterwards. */
     uint64_t ticket;
-    bool in_flight;       /* under the log's mu: between turn_take and its acknowledgement */
-    bool done;            /* its write (and fdatasync) finished; waiting for earlier tickets */
-    bool acked;           /* acknowledged (rc final); its thread then wakes the appenders */
+    bool in_flight;        /* under the log's mu: between turn_take and its acknowledgement */
+    bool done;             /* its write (and fdatasync) finished; waiting for earlier tickets */
+    bool acked;            /* acknowledged (rc final); its thread then wakes the appenders */
     pthread_cond_t ack_cv; /* its thread waits here for acked */
-    bool recover;         /* the turn began while the log was poisoned (see the file comment) */
-    bool sync_failed;     /* fdatasync failed: poisons the commits after it */
-    int rc;               /* the commit's outcome */
-    struct err err;       /* its message if rc != INF_OK */
-    int fd;               /* the segment it wrote to */
-    bool wrote;           /* there were bytes to write and sync */
-    uint64_t records;     /* lines written, log-internal ones included */
-    double fsync_seconds; /* time in its fdatasync */
-    uint64_t end_size;    /* segment bytes after it */
+    bool recover;          /* the turn began while the log was poisoned (see the file comment) */
+    bool sync_failed;      /* fdatasync failed: poisons the commits after it */
+    int rc;                /* the commit's outcome */
+    struct err err;        /* its message if rc != INF_OK */
+    int fd;                /* the segment it wrote to */
+    bool wrote;            /* there were bytes to write and sync */
+    uint64_t records;      /* lines written, log-internal ones included */
+    double fsync_seconds;  /* time in its fdatasync */
+    uint64_t end_size;     /* segment bytes after it */
     struct audit_chain end_chain;
 };
 
@@ -108,27 +108,27 @@ struct audit_log {
     struct audit_item *head, *tail;
     bool stopping;
     bool healthy;
-    bool turn_taken;         /* a committer is serialising and writing */
-    unsigned active;         /* commits from their turn to their acknowledgement */
+    bool turn_taken;            /* a committer is serialising and writing */
+    unsigned active;            /* commits from their turn to their acknowledgement */
     struct timespec last_start; /* when the newest of them took its turn (monotonic) */
-    bool timer_armed;        /* one idle committer waits for may_start's time; others sleep */
-    uint64_t next_ticket;    /* ticket of the next turn */
-    uint64_t next_ack;       /* the ticket to acknowledge next */
-    bool poisoned;           /* an fdatasync failed; cleared by the turn that cuts back */
-    struct err poison;       /* why */
-    uint64_t durable_size;   /* segment bytes of the acknowledged records */
+    bool timer_armed;           /* one idle committer waits for may_start's time; others sleep */
+    uint64_t next_ticket;       /* ticket of the next turn */
+    uint64_t next_ack;          /* the ticket to acknowledge next */
+    bool poisoned;              /* an fdatasync failed; cleared by the turn that cuts back */
+    struct err poison;          /* why */
+    uint64_t durable_size;      /* segment bytes of the acknowledged records */
     struct audit_chain durable_chain;
     struct audit_stats stats;
 
     /* Turn state: touched by audit_open before the threads start, then only by the committer
      * whose turn it is. */
     struct audit_hmac *hmac;
-    int fd;                  /* current segment (O_APPEND), -1 before the first one */
-    unsigned seg;            /* its number */
+    int fd;       /* current segment (O_APPEND), -1 before the first one */
+    unsigned seg; /* its number */
     char seg_path[AUDIT_PATH_MAX];
-    uint64_t seg_size;       /* bytes written to it by successful turns (durable or in flight) */
+    uint64_t seg_size;        /* bytes written to it by successful turns (durable or in flight) */
     struct audit_chain chain; /* seq and mac of the last record written */
-    char *out;               /* the lines of the commit being built */
+    char *out;                /* the lines of the commit being built */
     size_t out_len, out_cap;
 };
 
@@ -832,7 +832,8 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
     log->segment_bytes =
         opt != NULL && opt->segment_bytes ? opt->segment_bytes : AUDIT_DEFAULT_SEGMENT_BYTES;
     log->max_batch = opt != NULL && opt->max_batch ? opt->max_batch : AUDIT_DEFAULT_MAX_BATCH;
-    log->in_flight = opt != NULL && opt->max_in_flight ? opt->max_in_flight : AUDIT_DEFAULT_IN_FLIGHT;
+    log->in_flight =
+        opt != NULL && opt->max_in_flight ? opt->max_in_flight : AUDIT_DEFAULT_IN_FLIGHT;
     if (log->in_flight > AUDIT_MAX_IN_FLIGHT)
         log->in_flight = AUDIT_MAX_IN_FLIGHT;
     pthread_mutex_init(&log->mu, NULL);

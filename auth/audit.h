@@ -62,13 +62,13 @@
  * records written. If a write or a check fails, every record of that commit gets INF_EIO, the
  * partial write is truncated away, the chain state returns to the record before, and the log
  * is unhealthy. If an fdatasync fails, that commit and every later one in flight fail the same
- * way, and the next commit cuts the file back to the last acknowledged record. (The permission checks use faccessat with
- * AT_EACCESS, which root passes; the inode check is what catches a moved directory for root.) The
- * server answers 503 on protected routes and reports not-ready while audit_healthy() is false.
- * Every audit_append still tries (so service resumes with the first commit that succeeds) and,
- * while idle, a committer re-checks every 500 ms without writing records (directory exists and is
- * writable, file system not read-only and not full) and turns healthy when those pass; the next
- * real write decides.
+ * way, and the next commit cuts the file back to the last acknowledged record. (The permission
+ * checks use faccessat with AT_EACCESS, which root passes; the inode check is what catches a moved
+ * directory for root.) The server answers 503 on protected routes and reports not-ready while
+ * audit_healthy() is false. Every audit_append still tries (so service resumes with the first
+ * commit that succeeds) and, while idle, a committer re-checks every 500 ms without writing records
+ * (directory exists and is writable, file system not read-only and not full) and turns healthy when
+ * those pass; the next real write decides.
  *
  * If the segment path no longer names the open file (the directory was moved away, replaced,
  * or the segment removed), the log does not write to the old file; it starts segment n+1 at
@@ -113,7 +113,7 @@
 #define AUDIT_LINE_MAX  65536 /* bytes per line, newline included */
 
 struct audit_options {
-    size_t segment_bytes; /* close a segment once it holds this many bytes; 0: 64 MiB */
+    size_t segment_bytes;   /* close a segment once it holds this many bytes; 0: 64 MiB */
     unsigned max_batch;     /* records per group commit at most; 0: 1024 */
     unsigned max_in_flight; /* group commits in their fdatasync at once; 0: 16, at most 64 */
 };

@@ -404,8 +404,8 @@ static void scan_bad(struct audit_scan *out, const char *name, const struct line
     out->bad = true;
     out->torn = torn;
     if (c->seq >= 0)
-        snprintf(out->why, sizeof out->why, "%s line %lu (seq %lld): %.400s", name, c->lineno, c->seq,
-                 what);
+        snprintf(out->why, sizeof out->why, "%s line %lu (seq %lld): %.400s", name, c->lineno,
+                 c->seq, what);
     else if (c->have_base)
         snprintf(out->why, sizeof out->why, "%s line %lu (after seq %llu): %.400s", name, c->lineno,
                  (unsigned long long)c->cur.seq, what);

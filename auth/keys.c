@@ -387,10 +387,9 @@ static int key_set_parse(const char *text, size_t len, struct key_set *out, stru
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) /* jansson leaves the text empty only when an allocation failed */
-        return jerr.text[0] == '\0'
-                   ? err_set(e, INF_ENOMEM, "out of memory parsing it")
-                   : err_set(e, INF_EINVAL, "line %d column %d: %s", jerr.line, jerr.column,
-                             jerr.text);
+        return jerr.text[0] == '\0' ? err_set(e, INF_ENOMEM, "out of memory parsing it")
+                                    : err_set(e, INF_EINVAL, "line %d column %d: %s", jerr.line,
+                                              jerr.column, jerr.text);
     json_t *ver = json_object_get(root, "version");
     json_t *keys = json_object_get(root, "keys");
     if (!json_is_object(root)) {

@@ -245,9 +245,10 @@ struct principal {
  * the form above, with nothing before or after: anything else is AUTH_MALFORMED, and NULL or "" is
  * AUTH_MISSING. For a well-formed token, exactly one HMAC and one CRYPTO_memcmp are done
  * whatever the outcome; if the HMAC itself fails the result is AUTH_ERROR (never AUTH_OK: fail
- * closed; the server answers 503, not 401, since the key may be fine). Fills *p only on AUTH_OK. key_id_out (optional) gets the claimed id
- * of any well-formed token, whatever the result, for the audit log; "" otherwise.
- * Sees keys created or revoked by other handles and processes at once (one stat() per call).
+ * closed; the server answers 503, not 401, since the key may be fine). Fills *p only on AUTH_OK.
+ * key_id_out (optional) gets the claimed id of any well-formed token, whatever the result, for the
+ * audit log; "" otherwise. Sees keys created or revoked by other handles and processes at once (one
+ * stat() per call).
  */
 enum auth_result keystore_verify(struct keystore *ks, const char *authorization,
                                  struct principal *p, char key_id_out[KEY_ID_LEN + 1]);
