@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +266,26 @@ int fs_write_atomic(const char *path, const void *data, size_t len, unsigned mod
         return rc;
     }
     return fs_fsync_parent(path, e);
+}
+
+static _Thread_local int remove_tree_failed;
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    if (remove(path) != 0)
+        remove_tree_failed = 1;
+    return 0;
+}
+
+int fs_remove_tree(const char *path)
+{
+    remove_tree_failed = 0;
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return -1;
+    return remove_tree_failed ? -1 : 0;
 }
 
 int fs_mkdir_p(const char *path, unsigned mode, struct err *e)

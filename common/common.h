@@ -145,6 +145,11 @@ int fs_fsync_dir(const char *dir, struct err *e);
 /* fsyncs the directory that holds path ("." for a bare name). */
 int fs_fsync_parent(const char *path, struct err *e);
 
+/* Removes path and, if it is a directory, everything under it (symbolic links are removed, not
+ * followed). Goes on past entries it cannot remove. Returns 0 if everything went, -1 if not
+ * (a missing path is -1). */
+int fs_remove_tree(const char *path);
+
 /* Creates directory path and its missing parents with the given mode. Existing is fine. */
 int fs_mkdir_p(const char *path, unsigned mode, struct err *e);
 

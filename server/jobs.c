@@ -41,7 +41,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -197,15 +196,6 @@ static void job_free(struct job *j)
     json_decref(j->doc);
     json_decref(j->events);
     free(j);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -469,7 +459,7 @@ struct job_queue *job_queue_open(const struct job_queue_config *cfg, struct err 
         if (stat(jp, &st) != 0 && errno == ENOENT) {
             /* a create that crashed before its job.json: never answered, never audited */
             snprintf(jp, sizeof jp, "%s/%s", q->dir, de->d_name);
-            nftw(jp, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+            fs_remove_tree(jp);
             continue;
         }
         struct job *j = NULL;
@@ -1069,7 +1059,7 @@ int job_queue_create(struct job_queue *q, const struct job_spec *spec, struct re
     goto out;
 out_rm:
     if (job_path(q, j, NULL, dir, sizeof dir) == INF_OK)
-        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        fs_remove_tree(dir);
 out:
     pthread_mutex_unlock(&q->lock);
     job_free(j);

@@ -30,7 +30,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -67,24 +66,11 @@ static void path_of(char *out, size_t cap, const char *dir, const char *name)
         die("path too long");
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* A fresh empty directory scratch/name; returns its path in out. */
 static void fresh_dir(char *out, size_t cap, const char *name)
 {
     path_of(out, cap, scratch, name);
-    rm_rf(out);
+    fs_remove_tree(out);
     if (mkdir(out, 0700) != 0)
         die(out);
 }
@@ -1011,11 +997,13 @@ static void test_sync_fails(void)
     int found = 0;
     for (int t = 0; t < THREADS; t++)
         for (int i = 0; i < w[t].ok; i++)
-            found += w[t].ok_seqs[i] <= rep.last_seq && id_at[w[t].ok_seqs[i]] == w[t].ok_ids[i] + 1;
+            found +=
+                w[t].ok_seqs[i] <= rep.last_seq && id_at[w[t].ok_seqs[i]] == w[t].ok_ids[i] + 1;
     CHECK_MSG(found == ok && logged == ok, "%d acknowledged, %d found at their seq, %d logged", ok,
               found, logged);
-    fprintf(stderr, "  %d of %d appends acknowledged around 3 failed fdatasyncs, %llu failed commits\n",
-            ok, THREADS * per, (unsigned long long)st.failures);
+    fprintf(stderr,
+            "  %d of %d appends acknowledged around 3 failed fdatasyncs, %llu failed commits\n", ok,
+            THREADS * per, (unsigned long long)st.failures);
     free(id_at);
     for (int t = 0; t < THREADS; t++) {
         free(w[t].ok_ids);
@@ -1236,6 +1224,6 @@ int main(void)
     RUN(test_write_fails);
     RUN(test_sync_fails);
     RUN(test_crash);
-    rm_rf(scratch);
+    fs_remove_tree(scratch);
     return test_finish();
 }

@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,14 +18,6 @@
 #include "tests/test.h"
 
 static char scratch[64];
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 /* scratch/<name>, a path for one test's data directory. */
 static const char *dir_path(const char *name)
@@ -425,6 +416,6 @@ int main(void)
     RUN(test_env_source);
     RUN(test_key_file_checks);
     RUN(test_derive);
-    nftw(scratch, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fs_remove_tree(scratch);
     return test_finish();
 }

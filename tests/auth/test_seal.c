@@ -6,7 +6,6 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,14 +27,6 @@
 static char scratch[64];
 static struct master_key mk;
 static uint8_t sentinel;
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static const char *path_of(const char *name)
 {
@@ -716,7 +707,7 @@ int main(void)
     RUN(test_seals_differ);
     RUN(test_writer_abort);
     RUN(test_limits_and_names);
-    nftw(scratch, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fs_remove_tree(scratch);
     master_key_wipe(&mk);
     return test_finish();
 }

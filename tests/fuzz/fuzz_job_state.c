@@ -21,7 +21,6 @@
  * queue is reopened: the same job, object and events as the first queue left them (what it
  * wrote back is loadable and complete; a torn tail once cut stays cut).
  */
-#include <ftw.h>
 
 #include "server/http.h"
 #include "server/jobs.h"
@@ -32,15 +31,6 @@ _Static_assert(sizeof FUZZ_JOB_ID - 1 == JOB_ID_LEN, "FUZZ_JOB_ID is not job-id 
 #define FUZZ_OTHER_OWNER "not-an-owner-longer-than-KEY_ID_LEN"
 #define FUZZ_PAGE        1000000
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static char *jobs_dir_buf(void)
 {
     static char path[512];
@@ -50,7 +40,7 @@ static char *jobs_dir_buf(void)
 static void jobs_dir_cleanup(void)
 {
     if (jobs_dir_buf()[0] != '\0')
-        nftw(jobs_dir_buf(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        fs_remove_tree(jobs_dir_buf());
 }
 
 /* The scratch data directory; its jobs/ is removed at exit before fuzz.h removes the rest. */
@@ -276,7 +266,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_setup_once();
     const char *dd = data_dir();
     (void)dd;
-    nftw(jobs_dir_buf(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fs_remove_tree(jobs_dir_buf());
     char path[1024];
     FUZZ_CHECK(mkdir(jobs_dir_buf(), 0700) == 0, "mkdir %s: %s", jobs_dir_buf(), strerror(errno));
     snprintf(path, sizeof path, "%s/%s", jobs_dir_buf(), FUZZ_JOB_ID);

@@ -21,8 +21,6 @@
  */
 #include "tests/test.h"
 
-#include <ftw.h>
-
 #include "model/internal.h"
 
 /* ------------------------------------------------------------------------------------------
@@ -584,14 +582,6 @@ out:
  * Model directories
  * ---------------------------------------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void write_file(const char *dir, const char *name, const void *data, size_t len)
 {
     char path[4096];
@@ -702,7 +692,7 @@ out:
     model_free(m2);
     model_free(m3);
     model_free(back);
-    CHECK(nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);
+    CHECK(fs_remove_tree(root) == 0);
 }
 
 int main(void)
