@@ -175,6 +175,26 @@ static void lines_free(struct lines *l)
     l->n = 0;
 }
 
+/* Calls fn with every line of every segment in dir (segment 1 on, until one is missing), parsed
+ * (NULL if it does not parse). */
+static void log_each_record(const char *dir, void (*fn)(const json_t *rec, void *ctx), void *ctx)
+{
+    char p[512];
+    for (unsigned seg = 1;; seg++) {
+        struct lines l;
+        seg_path(p, sizeof p, dir, seg);
+        if (access(p, F_OK) != 0)
+            break;
+        lines_read(p, &l);
+        for (size_t i = 0; i < l.n; i++) {
+            json_t *j = json_loads(l.v[i], 0, NULL);
+            fn(j, ctx);
+            json_decref(j);
+        }
+        lines_free(&l);
+    }
+}
+
 static json_t *request_record(int i)
 {
     json_t *r = json_object();
@@ -910,6 +930,24 @@ int fdatasync(int fd)
     return (int)syscall(SYS_fdatasync, fd);
 }
 
+/* The request ids of a log's records by seq (test_sync_fails). */
+struct by_seq_ids {
+    uint64_t max_seq;
+    int *id_at; /* [seq]: 1 + the number in "req-NNNNNN", 0: no request record */
+    int logged; /* request records seen */
+};
+
+static void note_request_id(const json_t *j, void *ctx)
+{
+    struct by_seq_ids *b = ctx;
+    const char *rid = json_string_value(json_object_get(j, "request_id"));
+    json_int_t s = json_integer_value(json_object_get(j, "seq"));
+    if (rid != NULL && s > 0 && (uint64_t)s <= b->max_seq) {
+        b->id_at[s] = atoi(rid + 4) + 1;
+        b->logged++;
+    }
+}
+
 struct sync_worker {
     struct audit_log *log;
     int id, n, ok;
@@ -943,7 +981,7 @@ static void test_sync_fails(void)
 {
     enum { THREADS = 8 };
     int per = test_quick() ? 60 : 200;
-    char dir[256], p[512];
+    char dir[256];
     struct err e = {0};
     struct audit_log *log = NULL;
     fresh_dir(dir, sizeof dir, "syncfail");
@@ -974,26 +1012,10 @@ static void test_sync_fails(void)
     struct audit_verify_report rep;
     CHECK(verify_ok(dir, &rep) == INF_OK);
     /* Exactly the acknowledged records, each at its seq. */
-    int *id_at = calloc(rep.last_seq + 1, sizeof(int));
-    int logged = 0;
-    for (unsigned seg = 1;; seg++) {
-        struct lines l;
-        seg_path(p, sizeof p, dir, seg);
-        if (access(p, F_OK) != 0)
-            break;
-        lines_read(p, &l);
-        for (size_t i = 0; i < l.n; i++) {
-            json_t *j = json_loads(l.v[i], 0, NULL);
-            const char *rid = json_string_value(json_object_get(j, "request_id"));
-            json_int_t s = json_integer_value(json_object_get(j, "seq"));
-            if (rid != NULL && s > 0 && (uint64_t)s <= rep.last_seq) {
-                id_at[s] = atoi(rid + 4) + 1;
-                logged++;
-            }
-            json_decref(j);
-        }
-        lines_free(&l);
-    }
+    struct by_seq_ids ids = {.max_seq = rep.last_seq,
+                             .id_at = calloc(rep.last_seq + 1, sizeof(int))};
+    log_each_record(dir, note_request_id, &ids);
+    int *id_at = ids.id_at, logged = ids.logged;
     int found = 0;
     for (int t = 0; t < THREADS; t++)
         for (int i = 0; i < w[t].ok; i++)
@@ -1061,33 +1083,32 @@ static void crash_child(const char *dir, int fd, int run)
 }
 
 /* Every acknowledged record must be in the log with its seq. */
+/* The crash children's records by seq (check_acks). */
+struct by_seq_acks {
+    uint64_t max_seq;
+    int32_t (*at)[3]; /* [seq]: run + 1, thread, n; run 0: no crash-child record */
+};
+
+static void note_ack(const json_t *j, void *ctx)
+{
+    struct by_seq_acks *b = ctx;
+    json_int_t s = json_integer_value(json_object_get(j, "seq"));
+    if (j != NULL && s > 0 && (uint64_t)s <= b->max_seq && json_object_get(j, "run")) {
+        b->at[s][0] = (int32_t)json_integer_value(json_object_get(j, "run")) + 1;
+        b->at[s][1] = (int32_t)json_integer_value(json_object_get(j, "thread"));
+        b->at[s][2] = (int32_t)json_integer_value(json_object_get(j, "n"));
+    }
+}
+
 static void check_acks(const char *dir, const struct ack *acks, size_t n, int iter)
 {
-    unsigned seg = 1;
-    char p[512];
     size_t found = 0;
     uint64_t max_seq = 0;
     for (size_t i = 0; i < n; i++)
         max_seq = acks[i].seq > max_seq ? acks[i].seq : max_seq;
     int32_t(*by_seq)[3] = calloc(max_seq + 1, sizeof *by_seq);
-    for (;; seg++) {
-        struct lines l;
-        seg_path(p, sizeof p, dir, seg);
-        if (access(p, F_OK) != 0)
-            break;
-        lines_read(p, &l);
-        for (size_t i = 0; i < l.n; i++) {
-            json_t *j = json_loads(l.v[i], 0, NULL);
-            json_int_t s = json_integer_value(json_object_get(j, "seq"));
-            if (j != NULL && s > 0 && (uint64_t)s <= max_seq && json_object_get(j, "run")) {
-                by_seq[s][0] = (int32_t)json_integer_value(json_object_get(j, "run")) + 1;
-                by_seq[s][1] = (int32_t)json_integer_value(json_object_get(j, "thread"));
-                by_seq[s][2] = (int32_t)json_integer_value(json_object_get(j, "n"));
-            }
-            json_decref(j);
-        }
-        lines_free(&l);
-    }
+    struct by_seq_acks b = {.max_seq = max_seq, .at = by_seq};
+    log_each_record(dir, note_ack, &b);
     for (size_t i = 0; i < n; i++) {
         const int32_t *r = by_seq[acks[i].seq];
         found += r[0] == acks[i].run + 1 && r[1] == acks[i].thread && r[2] == acks[i].n;
