@@ -94,12 +94,26 @@ def fill(path):
         os.close(fd)
 
 
-def test_disk_full_then_recovers():
+def mount_tmpfs(size):
     mnt = tempfile.mkdtemp(prefix="infera-tmpfs-")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", mnt],
                       capture_output=True).returncode != 0:
         os.rmdir(mnt)
         skip("mount -t tmpfs failed (no CAP_SYS_ADMIN?)")
+    return mnt
+
+
+def stop_and_unmount(srv, mnt):
+    """A test's cleanup: its server (if started) stopped and its files gone, the tmpfs off."""
+    if srv is not None:
+        srv.stop(check=False)
+        shutil.rmtree(srv.tmp, ignore_errors=True)
+    subprocess.run(["umount", "-l", mnt])
+    os.rmdir(mnt)
+
+
+def test_disk_full_then_recovers():
+    mnt = mount_tmpfs("4m")
     srv = None
     try:
         data = os.path.join(mnt, "data")
@@ -159,20 +173,7 @@ def test_disk_full_then_recovers():
         p = infera("audit", "verify", "--data-dir", data)
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
-        if srv is not None:
-            srv.stop(check=False)
-            shutil.rmtree(srv.tmp, ignore_errors=True)
-        subprocess.run(["umount", "-l", mnt])
-        os.rmdir(mnt)
-
-
-def mount_tmpfs(size):
-    mnt = tempfile.mkdtemp(prefix="infera-tmpfs-")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", mnt],
-                      capture_output=True).returncode != 0:
-        os.rmdir(mnt)
-        skip("mount -t tmpfs failed (no CAP_SYS_ADMIN?)")
-    return mnt
+        stop_and_unmount(srv, mnt)
 
 
 def test_disk_full_state_writes_audit_elsewhere():
@@ -278,11 +279,7 @@ def test_disk_full_state_writes_audit_elsewhere():
         p = infera("audit", "verify", "--data-dir", data, "--audit-dir", audit)
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
-        if srv is not None:
-            srv.stop(check=False)
-            shutil.rmtree(srv.tmp, ignore_errors=True)
-        subprocess.run(["umount", "-l", mnt])
-        os.rmdir(mnt)
+        stop_and_unmount(srv, mnt)
         shutil.rmtree(root, ignore_errors=True)
 
 
