@@ -5,6 +5,7 @@
  * torn tail, so the rules for "what is a good line" live only here.
  */
 #include "audit_internal.h"
+#include "auth/hmac.h"
 #include "common/json_dump.h"
 
 #include <dirent.h>
@@ -16,65 +17,47 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 
 /* ------------------------------------------------------------------------------------------
  * HMAC-SHA256 and hex
  * ---------------------------------------------------------------------------------------- */
 
 struct audit_hmac {
-    EVP_MAC *mac;
-    EVP_MAC_CTX *ctx;
-    uint8_t key[AUDIT_KEY_BYTES];
+    struct hmac_key *key; /* K_audit's key schedule */
+    EVP_MD_CTX *work;     /* one line at a time: the caller serialises (audit_internal.h) */
 };
 
 int audit_hmac_new(const uint8_t key[AUDIT_KEY_BYTES], struct audit_hmac **out, struct err *e)
 {
-    int rc = INF_OK;
     struct audit_hmac *h = calloc(1, sizeof *h);
     if (h == NULL)
         return err_set(e, INF_ENOMEM, "out of memory");
-    memcpy(h->key, key, AUDIT_KEY_BYTES);
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
-    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    h->ctx = h->mac != NULL ? EVP_MAC_CTX_new(h->mac) : NULL;
-    if (h->ctx == NULL || EVP_MAC_CTX_set_params(h->ctx, params) != 1) {
-        rc = err_set(e, INF_EIO, "cannot set up HMAC-SHA256 (OpenSSL)");
-        goto out;
+    h->key = hmac_key_new(key, AUDIT_KEY_BYTES);
+    h->work = EVP_MD_CTX_new();
+    if (h->key == NULL || h->work == NULL) {
+        audit_hmac_free(h);
+        return err_set(e, INF_EIO, "cannot set up HMAC-SHA256 (OpenSSL)");
     }
     *out = h;
-    h = NULL;
-out:
-    audit_hmac_free(h);
-    return rc;
+    return INF_OK;
 }
 
 void audit_hmac_free(struct audit_hmac *h)
 {
     if (h == NULL)
         return;
-    EVP_MAC_CTX_free(h->ctx);
-    EVP_MAC_free(h->mac);
-    OPENSSL_cleanse(h->key, sizeof h->key);
+    hmac_key_free(h->key);
+    EVP_MD_CTX_free(h->work);
     free(h);
 }
 
 int audit_hmac_line(struct audit_hmac *h, const uint8_t prev[AUDIT_MAC_BYTES], const char *z,
                     size_t len, uint8_t out[AUDIT_MAC_BYTES], struct err *e)
 {
-    size_t n = 0;
-    /* Re-initialising with the key keeps the digest set in audit_hmac_new. */
-    if (EVP_MAC_init(h->ctx, h->key, sizeof h->key, NULL) != 1 ||
-        EVP_MAC_update(h->ctx, prev, AUDIT_MAC_BYTES) != 1 ||
-        EVP_MAC_update(h->ctx, (const unsigned char *)z, len) != 1 ||
-        EVP_MAC_final(h->ctx, out, &n, AUDIT_MAC_BYTES) != 1 || n != AUDIT_MAC_BYTES)
+    if (!hmac_begin(h->key, h->work) || EVP_DigestUpdate(h->work, prev, AUDIT_MAC_BYTES) != 1 ||
+        EVP_DigestUpdate(h->work, z, len) != 1 || !hmac_end(h->key, h->work, out))
         return err_set(e, INF_EIO, "HMAC-SHA256 failed (OpenSSL)");
     return INF_OK;
 }

@@ -2,6 +2,7 @@
  * auth/keys.c - API keys: token generation, keys.json load/save, verification.
  * The contract (format, locking, reload rules) is in auth/keys.h.
  */
+#include "auth/hmac.h"
 #include "auth/keys.h"
 #include "common/json_dump.h"
 
@@ -21,7 +22,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #define HASH_LEN   32 /* HMAC-SHA256 */
@@ -194,7 +194,7 @@ struct file_ident {
 struct keystore {
     char path[PATH_MAX_];
     char lock_path[PATH_MAX_];
-    uint8_t pepper[PEPPER_LEN];
+    struct hmac_key *pepper;      /* HMAC-SHA256 key schedule of the pepper */
     uint8_t dummy_hash[HASH_LEN]; /* compared against when the id is unknown */
 
     pthread_mutex_t mutate; /* lock order: mutate -> flock -> rw */
@@ -620,7 +620,10 @@ struct keystore *keystore_open(const char *path, const uint8_t pepper[32], struc
         err_set(e, INF_ELIMIT, "path too long: %.200s", path);
         goto fail;
     }
-    memcpy(ks->pepper, pepper, PEPPER_LEN);
+    if ((ks->pepper = hmac_key_new(pepper, PEPPER_LEN)) == NULL) {
+        err_set(e, INF_ENOMEM, "cannot set up HMAC-SHA256 (OpenSSL)");
+        goto fail;
+    }
     if (RAND_bytes(ks->dummy_hash, HASH_LEN) != 1) {
         err_set(e, INF_EIO, "the OS random generator failed");
         goto fail;
@@ -653,7 +656,7 @@ fail:
             pthread_rwlock_destroy(&ks->rw);
         if (mutex_ok)
             pthread_mutex_destroy(&ks->mutate);
-        OPENSSL_cleanse(ks->pepper, sizeof ks->pepper);
+        hmac_key_free(ks->pepper);
         free(ks);
     }
     return NULL;
@@ -666,7 +669,7 @@ void keystore_free(struct keystore *ks)
     key_set_free(&ks->set);
     pthread_rwlock_destroy(&ks->rw);
     pthread_mutex_destroy(&ks->mutate);
-    OPENSSL_cleanse(ks->pepper, sizeof ks->pepper);
+    hmac_key_free(ks->pepper);
     free(ks);
 }
 
@@ -735,15 +738,8 @@ static int random_base62(char *out, size_t n)
 
 static bool key_hmac(struct keystore *ks, const char *token, size_t len, uint8_t mac[HASH_LEN])
 {
-    unsigned int mac_len = 0;
     atomic_fetch_add_explicit(&ks->n_hmacs, 1, memory_order_relaxed);
-    if (HMAC(EVP_sha256(), ks->pepper, PEPPER_LEN, (const unsigned char *)token, len, mac,
-             &mac_len) == NULL ||
-        mac_len != HASH_LEN) {
-        memset(mac, 0, HASH_LEN);
-        return false;
-    }
-    return true;
+    return hmac_sha256(ks->pepper, token, len, NULL, 0, mac);
 }
 
 /* True if tok is exactly "ifr_" + 8 base62 + "_" + 43 base62 and then NUL; copies the id. */

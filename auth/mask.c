@@ -14,6 +14,7 @@
  * look behind i at most two bytes, never before t[0]: the pass hands them the text from the
  * end of the previous value on.
  */
+#include "auth/hmac.h"
 #include "auth/mask.h"
 
 #include <stdlib.h>
@@ -872,9 +873,6 @@ static void normalize(const unsigned char *t, const struct match *m, struct norm
  * HMAC-SHA256 with the key schedule done once per call
  * ---------------------------------------------------------------------------------------- */
 
-#define SHA256_BLOCK 64
-#define SHA256_LEN   32
-
 /*
  * Logs repeat the same client address or user many times, and each HMAC costs two SHA-256
  * blocks plus EVP's context copies, so recent tokens are remembered in a small direct-mapped
@@ -896,50 +894,28 @@ static const char *const kind_names[MASK_KINDS] = {
 };
 
 struct hasher {
-    EVP_MD *md;
-    EVP_MD_CTX *inner; /* SHA-256 after absorbing key ^ ipad */
-    EVP_MD_CTX *outer; /* SHA-256 after absorbing key ^ opad */
+    struct hmac_key *key;
     EVP_MD_CTX *work;
     struct cache_slot cache[CACHE_SLOTS];
 };
 
 static void hasher_free(struct hasher *h)
 {
-    EVP_MD_CTX_free(h->inner);
-    EVP_MD_CTX_free(h->outer);
+    hmac_key_free(h->key);
     EVP_MD_CTX_free(h->work);
-    EVP_MD_free(h->md);
-    h->md = NULL;
-    h->inner = h->outer = h->work = NULL;
+    h->key = NULL;
+    h->work = NULL;
 }
 
 static bool hasher_start(struct hasher *h, const uint8_t key[MASK_KEY_BYTES])
 {
-    uint8_t pad[SHA256_BLOCK];
-    bool ok = false;
-
-    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    h->inner = EVP_MD_CTX_new();
-    h->outer = EVP_MD_CTX_new();
+    h->key = hmac_key_new(key, MASK_KEY_BYTES);
     h->work = EVP_MD_CTX_new();
-    if (h->md == NULL || h->inner == NULL || h->outer == NULL || h->work == NULL)
-        goto out;
-    memset(pad, 0x36, sizeof pad);
-    for (size_t k = 0; k < MASK_KEY_BYTES; k++)
-        pad[k] ^= key[k];
-    if (!EVP_DigestInit_ex(h->inner, h->md, NULL) || !EVP_DigestUpdate(h->inner, pad, sizeof pad))
-        goto out;
-    memset(pad, 0x5c, sizeof pad);
-    for (size_t k = 0; k < MASK_KEY_BYTES; k++)
-        pad[k] ^= key[k];
-    if (!EVP_DigestInit_ex(h->outer, h->md, NULL) || !EVP_DigestUpdate(h->outer, pad, sizeof pad))
-        goto out;
-    ok = true;
-out:
-    OPENSSL_cleanse(pad, sizeof pad);
-    if (!ok)
+    if (h->key == NULL || h->work == NULL) {
         hasher_free(h);
-    return ok;
+        return false;
+    }
+    return true;
 }
 
 /* hex gets the token's MASK_TOKEN_HEX digits of HMAC(key, kind ":" value). */
@@ -948,8 +924,7 @@ static bool hasher_token(struct hasher *h, enum mask_kind kind, const struct nor
 {
     static const char digits[] = "0123456789abcdef";
     const char *name = kind_names[kind];
-    unsigned char ih[EVP_MAX_MD_SIZE], oh[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
+    uint8_t oh[HMAC_SHA256_BYTES];
 
     uint32_t x = 2166136261u ^ (uint32_t)kind; /* FNV-1a */
     for (size_t k = 0; k < v->n; k++)
@@ -962,12 +937,9 @@ static bool hasher_token(struct hasher *h, enum mask_kind kind, const struct nor
         return true;
     }
 
-    if (!EVP_MD_CTX_copy_ex(h->work, h->inner) || !EVP_DigestUpdate(h->work, name, strlen(name)) ||
+    if (!hmac_begin(h->key, h->work) || !EVP_DigestUpdate(h->work, name, strlen(name)) ||
         !EVP_DigestUpdate(h->work, ":", 1) || !EVP_DigestUpdate(h->work, v->s, v->n) ||
-        !EVP_DigestFinal_ex(h->work, ih, &n) || n != SHA256_LEN)
-        return false;
-    if (!EVP_MD_CTX_copy_ex(h->work, h->outer) || !EVP_DigestUpdate(h->work, ih, SHA256_LEN) ||
-        !EVP_DigestFinal_ex(h->work, oh, &n) || n != SHA256_LEN)
+        !hmac_end(h->key, h->work, oh))
         return false;
     for (size_t k = 0; k < MASK_TOKEN_HEX / 2; k++) {
         hex[2 * k] = digits[oh[k] >> 4];
