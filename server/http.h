@@ -43,7 +43,8 @@ struct server_options {
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout_s;
-    size_t connection_memory; /* per-connection buffer: caps the request line and headers */
+    size_t connection_memory; /* --max-header-bytes: per-connection buffer, caps the request line
+                                 and headers */
     double drain_delay_s;
     double drain_timeout_s;
     bool access_log;

@@ -50,6 +50,8 @@ static const struct opt_def opt_defs[] = {
     {"queue-size", OPT_SIZE, OFF(queue_size), 0, 1, 1000000, "waiting requests per model"},
     {"max-body-bytes", OPT_SIZE, OFF(max_body_bytes), 0, 1024, 4294967296.0,
      "largest request body"},
+    {"max-header-bytes", OPT_SIZE, OFF(connection_memory), 0, 4096, 1048576,
+     "per-connection buffer for the request line and headers (431 above)"},
     {"max-connections", OPT_UINT, OFF(max_connections), 0, 1, 1000000, "open connections"},
     {"connection-timeout", OPT_UINT, OFF(connection_timeout_s), 0, 1, 3600,
      "idle connection timeout, seconds"},
@@ -103,7 +105,9 @@ static void options_default(struct server_options *o)
     o->max_body_bytes = (size_t)32 << 20;
     o->max_connections = 1024;
     o->connection_timeout_s = 30;
-    o->connection_memory = 64 * 1024;
+    /* libmicrohttpd zeroes a connection's whole buffer after every request: at 64 KiB that
+     * memset was 12% of the CPU of a small inference request, at 16 KiB 2%. */
+    o->connection_memory = 16 * 1024;
     o->drain_delay_s = 2;
     o->drain_timeout_s = 30;
     o->access_log = true;
