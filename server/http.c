@@ -61,9 +61,13 @@ static const struct route routes[] = {
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
-/* Matches url against pattern, capturing {x} segments into params. */
-static bool route_match(const char *pattern, const char *url,
-                        char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1])
+/*
+ * Matches url against pattern, capturing {x} segments into params (each NUL-terminated).
+ * Returns the number of captures, or -1 if url does not match; then params may hold partial
+ * captures.
+ */
+static int route_match(const char *pattern, const char *url,
+                       char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1])
 {
     const char *p = pattern, *u = url;
     int k = 0;
@@ -75,7 +79,7 @@ static bool route_match(const char *pattern, const char *url,
                 ue++;
             size_t n = (size_t)(ue - u);
             if (n == 0 || n > REGISTRY_NAME_MAX || k >= ROUTE_MAX_PARAMS)
-                return false;
+                return -1;
             memcpy(params[k], u, n);
             params[k][n] = '\0';
             k++;
@@ -84,11 +88,28 @@ static bool route_match(const char *pattern, const char *url,
             continue;
         }
         if (*p != *u)
-            return false;
+            return -1;
         p++;
         u++;
     }
-    return *u == '\0' || (u[0] == '/' && u[1] == '\0'); /* tolerate one trailing slash */
+    /* tolerate one trailing slash */
+    return *u == '\0' || (u[0] == '/' && u[1] == '\0') ? k : -1;
+}
+
+/* "req-" and n in lowercase hex into out (at least 21 bytes). */
+static void request_id_generate(char *out, uint64_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    char rev[16];
+    int k = 0;
+    do {
+        rev[k++] = digits[n & 15];
+        n >>= 4;
+    } while (n != 0);
+    memcpy(out, "req-", 4);
+    for (int i = 0; i < k; i++)
+        out[4 + i] = rev[k - 1 - i];
+    out[4 + k] = '\0';
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -320,16 +341,16 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
     clock_gettime(CLOCK_MONOTONIC, &rq->start);
     const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (cid != NULL && request_id_ok(cid))
-        snprintf(rq->id, sizeof rq->id, "%s", cid);
+        memcpy(rq->id, cid, strlen(cid) + 1); /* at most 64 chars (request_id_ok) */
     else
-        snprintf(rq->id, sizeof rq->id, "req-%lx",
-                 (unsigned long)atomic_fetch_add(&srv->next_id, 1));
+        request_id_generate(rq->id, (uint64_t)atomic_fetch_add(&srv->next_id, 1));
     /* HEAD is GET without a body (MHD drops it). */
     const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
     const struct route *path_match = NULL;
+    char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1];
     for (size_t i = 0; i < N_ROUTES; i++) {
-        char params[ROUTE_MAX_PARAMS][REGISTRY_NAME_MAX + 1] = {{0}};
-        if (!route_match(routes[i].pattern, url, params))
+        int k = route_match(routes[i].pattern, url, params);
+        if (k < 0)
             continue;
         path_match = &routes[i];
         if (strstr(rq->allow, routes[i].method) == NULL)
@@ -337,7 +358,7 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
                      rq->allow[0] ? ", " : "", routes[i].method);
         if (strcmp(routes[i].method, m) == 0 && rq->route == NULL) {
             rq->route = &routes[i];
-            memcpy(rq->params, params, sizeof params);
+            memcpy(rq->params, params, (size_t)k * sizeof params[0]); /* the rest stay zero */
         }
     }
     if (rq->route == NULL && path_match != NULL)
