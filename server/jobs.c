@@ -1110,16 +1110,38 @@ static int page(json_t **items, size_t n, const char *after, size_t limit, json_
     return INF_OK;
 }
 
+/* True if doc's metadata passes filter (see job_queue_list). */
+static bool metadata_matches(const json_t *doc, const json_t *filter)
+{
+    const json_t *md = json_object_get(doc, "metadata");
+    if (filter == NULL)
+        return true;
+    if (json_is_null(filter))
+        return md == NULL || json_is_null(md) || (json_is_object(md) && json_object_size(md) == 0);
+    const char *k;
+    const json_t *want;
+    json_object_foreach((json_t *)filter, k, want)
+    {
+        const json_t *got = json_object_get(md, k);
+        if (!json_is_string(got) || !json_equal(got, want))
+            return false;
+    }
+    return true;
+}
+
 int job_queue_list(struct job_queue *q, const char *owner, bool admin, const char *after,
-                   size_t limit, json_t **list, struct err *e)
+                   const json_t *metadata, size_t limit, json_t **list, struct err *e)
 {
     pthread_mutex_lock(&q->lock);
     json_t **items = malloc((q->n + 1) * sizeof *items);
     size_t n = 0;
     int rc = INF_ENOMEM;
     if (items != NULL) {
+        /* The after job stays in as the cursor even when the filter leaves it out. */
         for (size_t i = 0; i < q->n; i++)
-            if (visible(q->jobs[i], owner, admin))
+            if (visible(q->jobs[i], owner, admin) &&
+                (metadata_matches(q->jobs[i]->doc, metadata) ||
+                 (after != NULL && strcmp(q->jobs[i]->id, after) == 0)))
                 items[n++] = q->jobs[i]->doc;
         rc = page(items, n, after, limit, list, "fine-tuning job", e);
     }

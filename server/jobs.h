@@ -122,10 +122,12 @@ int job_queue_get(struct job_queue *q, const char *id, const char *owner, bool a
 /*
  * OpenAI's list envelope {"object": "list", "data", "has_more", "first_id", "last_id"}:
  * jobs newest first (after: a job id, NULL for the start; limit 1..JOB_LIST_MAX).
- * INF_ENOTFOUND when after names no visible job.
+ * metadata (borrowed) filters as OpenAI's metadata[k]=v query does: NULL lists every job,
+ * an object only jobs whose metadata holds each of its members (string values, equal), JSON
+ * null only jobs without metadata (null or {}). INF_ENOTFOUND when after names no visible job.
  */
 int job_queue_list(struct job_queue *q, const char *owner, bool admin, const char *after,
-                   size_t limit, json_t **list, struct err *e);
+                   const json_t *metadata, size_t limit, json_t **list, struct err *e);
 
 /*
  * Cancels job id: a queued job at once; a running one is asked to stop (within one batch) and

@@ -530,6 +530,48 @@ out:
  * Read, cancel
  * ---------------------------------------------------------------------------------------- */
 
+/* Collects OpenAI's list filter: metadata[k]=v (each k once) or metadata=null. */
+struct metadata_filter {
+    json_t *pairs; /* k -> v strings */
+    bool none;     /* metadata=null */
+    char bad[ERR_MSG_MAX];
+};
+
+static enum MHD_Result metadata_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    struct metadata_filter *f = cls;
+    (void)kind;
+    if (strcmp(key, "metadata") == 0) {
+        if (value == NULL || strcmp(value, "null") != 0)
+            snprintf(f->bad, sizeof f->bad,
+                     "metadata: expected metadata[key]=value or metadata=null");
+        else
+            f->none = true;
+        return MHD_YES;
+    }
+    if (strncmp(key, "metadata[", 9) != 0)
+        return MHD_YES;
+    size_t n = strlen(key + 9);
+    if (n < 2 || key[9 + n - 1] != ']' || memchr(key + 9, ']', n - 1) != NULL || n - 1 > 64) {
+        snprintf(f->bad, sizeof f->bad,
+                 "metadata: a filter key is metadata[key], key 1 to 64 "
+                 "characters");
+        return MHD_YES;
+    }
+    char k[65];
+    memcpy(k, key + 9, n - 1);
+    k[n - 1] = '\0';
+    json_t *v = json_string(value != NULL ? value : "");
+    if (v == NULL) {
+        snprintf(f->bad, sizeof f->bad, "metadata[%.64s]: the value is not UTF-8", k);
+        return MHD_YES;
+    }
+    if (json_object_get(f->pairs, k) != NULL || json_object_set_new(f->pairs, k, v) != 0)
+        snprintf(f->bad, sizeof f->bad, "metadata[%.64s]: given twice", k);
+    return MHD_YES;
+}
+
 enum MHD_Result handle_jobs_list(struct request *rq)
 {
     const char *owner, *after;
@@ -539,9 +581,21 @@ enum MHD_Result handle_jobs_list(struct request *rq)
     caller(rq, &owner, &admin);
     if (!page_args(rq, 20, &after, &limit, &res))
         return res;
+    struct metadata_filter f = {.pairs = json_object()};
+    if (f.pairs == NULL)
+        return http_respond_error(rq, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, metadata_arg, &f);
+    if (f.bad[0] == '\0' && f.none && json_object_size(f.pairs) > 0)
+        snprintf(f.bad, sizeof f.bad, "metadata: null and metadata[key] filters together");
+    if (f.bad[0] != '\0') {
+        json_decref(f.pairs);
+        return oai_error(rq, MHD_HTTP_BAD_REQUEST, "invalid_value", "metadata", "%s", f.bad);
+    }
+    const json_t *filter = f.none ? json_null() : json_object_size(f.pairs) > 0 ? f.pairs : NULL;
     json_t *list = NULL;
     struct err e = {0};
-    int rc = job_queue_list(rq->srv->jobs, owner, admin, after, limit, &list, &e);
+    int rc = job_queue_list(rq->srv->jobs, owner, admin, after, filter, limit, &list, &e);
+    json_decref(f.pairs);
     if (rc == INF_ENOTFOUND)
         return oai_error(rq, MHD_HTTP_BAD_REQUEST, "invalid_value", "after", "%s", e.msg);
     if (rc != INF_OK)

@@ -153,7 +153,7 @@ static struct snapshot first_open(const json_t *ref, bool valid, size_t n_events
     int rc = job_queue_get(q, FUZZ_JOB_ID, "", true, &job);
     FUZZ_CHECK((rc == INF_OK) == valid, "job_queue_get: %d, the reference says %s", rc,
                valid ? "a job" : "not a job");
-    FUZZ_CHECK(job_queue_list(q, "", true, NULL, FUZZ_PAGE, &list, &e) == INF_OK, "list: %s",
+    FUZZ_CHECK(job_queue_list(q, "", true, NULL, NULL, FUZZ_PAGE, &list, &e) == INF_OK, "list: %s",
                e.msg);
     check_page(list, valid ? 1 : 0, "jobs");
     json_decref(list);

@@ -273,6 +273,40 @@ def test_list_pagination_newest_first():
         assert all(isinstance(job(s, i)["seed"], int) for i in ids)
 
 
+def test_list_metadata_filter():
+    """OpenAI's list filter: metadata[k]=v (all must match, brackets raw or %-encoded) and
+    metadata=null (jobs without metadata); after still pages through the filtered list."""
+    with Server(models=repo(), args=["--train-workers", "0"]) as s:
+        fid = upload(s, read(DIGITS_TRAIN))
+        mds = [{"team": "a", "env": "prod"}, {"team": "b"}, None, {"team": "a"}, {}]
+        ids = []
+        for md in mds:
+            body = {"model": "digits", "training_file": fid}
+            if md is not None:
+                body["metadata"] = md
+            ids.append(create(s, body)["id"])
+
+        def listed(q):
+            st, out = s.get("/v1/fine_tuning/jobs?" + q)
+            assert st == 200, (q, st, out)
+            return [j["id"] for j in out["data"]], out
+
+        assert listed("metadata[team]=a")[0] == [ids[3], ids[0]]
+        assert listed("metadata%5Bteam%5D=a&metadata%5Benv%5D=prod")[0] == [ids[0]]
+        assert listed("metadata[team]=c")[0] == []
+        assert listed("metadata=null")[0] == [ids[4], ids[2]]
+        got, out = listed("metadata[team]=a&limit=1")
+        assert got == [ids[3]] and out["has_more"] is True, out
+        got, out = listed("metadata[team]=a&limit=1&after=" + ids[3])
+        assert got == [ids[0]] and out["has_more"] is False, out
+        # A cursor the filter leaves out still works: it only marks the place.
+        assert listed("metadata[team]=a&after=" + ids[1])[0] == [ids[0]]
+        for q in ("metadata=x", "metadata[]=a", "metadata[team]=a&metadata[team]=b",
+                  "metadata=null&metadata[team]=a"):
+            st, out = s.get("/v1/fine_tuning/jobs?" + q)
+            assert st == 400 and error_of(out)["param"] == "metadata", (q, st, out)
+
+
 # ------------------------------------------------------------------------------------------
 # Cancel, quotas, ownership, idempotency, validation
 # ------------------------------------------------------------------------------------------
