@@ -371,7 +371,8 @@ await check('fineTuning.jobs.list pages return every job once, newest first', as
   const created = [job.id, job2.id];
   for (let i = 0; i < 3; i++) {
     const j = await client.fineTuning.jobs.create({
-      model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 1 }, suffix: `p${i}` });
+      model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 1 }, suffix: `p${i}`,
+      metadata: { page: `p${i}` } });
     created.push(j.id);
   }
   const want = JSON.stringify([...created].reverse());
@@ -386,6 +387,9 @@ await check('fineTuning.jobs.list pages return every job once, newest first', as
   eq(JSON.stringify(after.data.map((j) => j.id)), JSON.stringify([job2.id, job.id]),
     `jobs after ${created[2]}`);
   eq(after.body.has_more, false, 'has_more of the last page');
+  const filtered = await client.fineTuning.jobs.list({ metadata: { page: 'p1' } });
+  eq(JSON.stringify(filtered.data.map((j) => j.id)), JSON.stringify([created[3]]),
+    'jobs.list({metadata: {page: "p1"}})');
 });
 
 await check('a missing job raises NotFoundError (404)', async () => {
