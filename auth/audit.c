@@ -23,7 +23,6 @@
  * commits in flight on the old segment before closing it.
  */
 #include "audit_internal.h"
-#include "common/json_dump.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,10 +51,7 @@
 
 /* One record waiting for a committer. Lives on the appender's stack until done is set. */
 struct audit_item {
-    char *line;     /* the record serialised with "seq":0 and 64 '0' for the mac (owned) */
-    size_t len;     /* its length */
-    size_t seq_off; /* offset of the seq's '0' */
-    size_t mac_off; /* offset of the mac's 64 zeros (before seq: keys are sorted) */
+    struct audit_line line; /* the record, serialised in the appender's thread */
     struct audit_item *next;
     int rc;             /* outcome, valid once done */
     uint64_t seq;       /* the record's seq if rc == INF_OK */
@@ -210,42 +206,6 @@ static json_t *record_new(const json_t *src)
  * Writer: lines, segments, commits (writer thread, or audit_open before it starts)
  * ---------------------------------------------------------------------------------------- */
 
-/*
- * Serialises a working record (from record_new; "seq" and "mac" are set on it) into it->line
- * with placeholders the committer fills in: "seq":0 and 64 '0' for the mac, which is exactly
- * the MAC input Z_i once the seq is in. Runs in the appender's thread, so the turn does no
- * JSON work. Keys are restricted and quotes in strings escaped, so the first "mac":" and
- * "seq": are the members.
- */
-static int item_prepare(struct audit_item *it, json_t *rec, struct err *e)
-{
-    char zeros[AUDIT_MAC_HEX + 1];
-    memset(zeros, '0', AUDIT_MAC_HEX);
-    zeros[AUDIT_MAC_HEX] = '\0';
-    if (json_object_set_new(rec, "seq", json_integer(0)) != 0 ||
-        json_object_set_new(rec, "mac", json_string(zeros)) != 0)
-        return err_set(e, INF_ENOMEM, "out of memory");
-    char *s = json_dump_checked(rec, AUDIT_DUMP_FLAGS);
-    if (s == NULL)
-        return err_set(e, INF_EINVAL, "the audit record cannot be serialised (invalid UTF-8?)");
-    size_t len = strlen(s);
-    const char *m = strstr(s, "\"mac\":\"");
-    const char *q = strstr(s, "\"seq\":0");
-    if (len + 20 + 1 > AUDIT_LINE_MAX) {
-        free(s);
-        return err_set(e, INF_ELIMIT, "the audit record is longer than %d bytes", AUDIT_LINE_MAX);
-    }
-    if (m == NULL || q == NULL || m > q) {
-        free(s);
-        return err_set(e, INF_EINVAL, "the audit record has no mac or seq member");
-    }
-    it->line = s;
-    it->len = len;
-    it->mac_off = (size_t)(m - s) + 7;
-    it->seq_off = (size_t)(q - s) + 6;
-    return INF_OK;
-}
-
 /* Makes room for n more bytes in the commit buffer. */
 static int out_reserve(struct audit_log *log, size_t n, struct err *e)
 {
@@ -276,21 +236,22 @@ static int line_add(struct audit_log *log, const struct audit_item *it, uint64_t
     uint8_t mac[AUDIT_MAC_BYTES];
     uint64_t seq = log->chain.seq + 1;
     size_t nd = (size_t)snprintf(digits, sizeof digits, "%llu", (unsigned long long)seq);
-    size_t len = it->len - 1 + nd;
+    size_t len = it->line.len - 1 + nd;
     if (len + 1 > AUDIT_LINE_MAX)
-        return err_set(e, INF_ELIMIT, "the audit record is longer than %d bytes", AUDIT_LINE_MAX);
+        return audit_line_err_long(e);
     int rc = out_reserve(log, len + 1, e);
     if (rc != INF_OK)
         return rc;
     char *dst = log->out + log->out_len;
-    memcpy(dst, it->line, it->seq_off);
-    memcpy(dst + it->seq_off, digits, nd);
-    memcpy(dst + it->seq_off + nd, it->line + it->seq_off + 1, it->len - it->seq_off - 1);
+    memcpy(dst, it->line.text, it->line.seq_off);
+    memcpy(dst + it->line.seq_off, digits, nd);
+    memcpy(dst + it->line.seq_off + nd, it->line.text + it->line.seq_off + 1,
+           it->line.len - it->line.seq_off - 1);
     if ((rc = audit_hmac_line(log->hmac, log->chain.mac, dst, len, mac, e)) != INF_OK)
         return rc;
     char hex[AUDIT_MAC_HEX + 1];
     audit_hex(mac, sizeof mac, hex);
-    memcpy(dst + it->mac_off, hex, AUDIT_MAC_HEX);
+    memcpy(dst + it->line.mac_off, hex, AUDIT_MAC_HEX);
     dst[len] = '\n';
     log->out_len += len + 1;
     log->chain.seq = seq;
@@ -406,10 +367,10 @@ static int add_segment_start(struct audit_log *log, struct err *e)
         json_object_set_new(rec, "prev_seq", json_integer((json_int_t)log->chain.seq)) != 0 ||
         json_object_set_new(rec, "prev_mac", json_string(hex)) != 0)
         rc = err_set(e, INF_ENOMEM, "out of memory");
-    else if ((rc = item_prepare(&it, rec, e)) == INF_OK)
+    else if ((rc = audit_line_prepare(rec, &it.line, e)) == INF_OK)
         rc = line_add(log, &it, &seq, e);
     json_decref(rec);
-    free(it.line);
+    free(it.line.text);
     return rc;
 }
 
@@ -882,7 +843,7 @@ int audit_open(const char *dir, const uint8_t key[AUDIT_KEY_BYTES], const struct
             rc = err_set(e, INF_ENOMEM, "out of memory");
             goto out;
         }
-        if ((rc = item_prepare(&item, tail_rec, e)) != INF_OK)
+        if ((rc = audit_line_prepare(tail_rec, &item.line, e)) != INF_OK)
             goto out;
         log->head = log->tail = &item;
     }
@@ -913,7 +874,7 @@ out:
     json_decref(tail_rec);
     pthread_cond_destroy(&item.cv);
     pthread_mutex_destroy(&item.mu);
-    free(item.line);
+    free(item.line.text);
     audit_close(log);
     return rc;
 }
@@ -929,7 +890,7 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
     json_t *rec = record_new(record);
     if (rec == NULL)
         return err_set(e, INF_ENOMEM, "out of memory");
-    rc = item_prepare(&item, rec, e);
+    rc = audit_line_prepare(rec, &item.line, e);
     json_decref(rec);
     if (rc != INF_OK)
         return rc;
@@ -954,7 +915,7 @@ int audit_append(struct audit_log *log, const json_t *record, uint64_t *seq_out,
     pthread_mutex_unlock(&item.mu);
     pthread_cond_destroy(&item.cv);
     pthread_mutex_destroy(&item.mu);
-    free(item.line);
+    free(item.line.text);
     if (item.rc != INF_OK)
         return err_set(e, item.rc, "%s", item.err.msg);
     if (seq_out != NULL)

@@ -1,7 +1,7 @@
 /*
- * auth/audit_internal.h - what the audit writer (audit.c) and verifier (audit_verify.c) share:
- * the chain position, the HMAC, segment names and the scan of one segment. Not for other
- * modules: they use auth/audit.h.
+ * auth/audit_internal.h - what the audit writer (audit.c, audit_line.c) and verifier
+ * (audit_verify.c) share: the chain position, the HMAC, a record's line, segment names and the
+ * scan of one segment. Not for other modules: they use auth/audit.h.
  */
 #ifndef INFERA_AUTH_AUDIT_INTERNAL_H
 #define INFERA_AUTH_AUDIT_INTERNAL_H
@@ -28,6 +28,45 @@ int audit_hmac_line(struct audit_hmac *h, const uint8_t prev[AUDIT_MAC_BYTES], c
 
 void audit_hex(const uint8_t *bytes, size_t n, char *out); /* out: 2n + 1 chars */
 
+/*
+ * A record serialised before it has a place in the chain: the canonical line (AUDIT_DUMP_FLAGS)
+ * with "seq":0 and 64 '0' for the mac. The committer splices in the seq and then the HMAC of
+ * the line with the seq in and the mac still zeros (audit_verify.c checks the same bytes).
+ */
+struct audit_line {
+    char *text;     /* NUL-terminated, owned: free() (jansson's allocator made it) */
+    size_t len;     /* strlen(text) */
+    size_t seq_off; /* offset of the seq's '0' */
+    size_t mac_off; /* offset of the mac's 64 zeros (before seq: keys are sorted) */
+};
+
+/* audit_line_flat's answer for a record it does not take. */
+#define AUDIT_LINE_NOT_FLAT 1
+
+/*
+ * The line of rec with "mac" and "seq" as placeholders (members of those names are replaced),
+ * when rec is flat: an object whose values are all strings, integers, true, false or null (every
+ * record on the request path). Written directly (common/json_write.h), byte-for-byte what
+ * json_dump_checked(rec + placeholders, AUDIT_DUMP_FLAGS) gives, except that a key that is not
+ * UTF-8 always fails (jansson can let two such keys through as valid but wrong JSON). rec is
+ * borrowed and not changed. Returns INF_OK and sets *out; AUDIT_LINE_NOT_FLAT, with nothing
+ * done, for any other rec; or audit_line_prepare's errors, *out untouched.
+ */
+int audit_line_flat(const json_t *rec, struct audit_line *out, struct err *e);
+
+/*
+ * The line of the working record rec (from the writer's record_new): audit_line_flat, or for a
+ * record with reals or nested values, "seq" and "mac" set on rec and json_dump_checked. Returns
+ * INF_OK and sets *out; INF_EINVAL if a string is not UTF-8 (audit_line_err_invalid's message),
+ * INF_ELIMIT if the line could pass AUDIT_LINE_MAX once its seq is in (audit_line_err_long's),
+ * INF_ENOMEM.
+ */
+int audit_line_prepare(json_t *rec, struct audit_line *out, struct err *e);
+
+/* The two errors above, one wording wherever they are raised. Return the status. */
+int audit_line_err_invalid(struct err *e);
+int audit_line_err_long(struct err *e);
+
 /* "audit-%06u.jsonl" into out (cap bytes). */
 void audit_segment_name(unsigned num, char *out, size_t cap);
 
@@ -53,6 +92,5 @@ struct audit_scan {
  */
 int audit_segment_scan(struct audit_hmac *h, const char *path, unsigned num,
                        const struct audit_chain *base, struct audit_scan *out, struct err *e);
-
 
 #endif /* INFERA_AUTH_AUDIT_INTERNAL_H */

@@ -3,7 +3,15 @@
  *
  *   basics       records of every value type verify; files are 0600 in a 0700 directory;
  *                non-ASCII text is written as \uXXXX and round-trips; bad records are refused.
- *   concurrency  8 threads append at once: seqs unique and contiguous, fewer fsyncs than
+ *   flat lines   audit_line_flat (flat records serialised without jansson's dump) against
+ *                json_dump_checked on 20,000 random records (seeded, seed printed): tricky key
+ *                orders, every control character, escapes, 2-4 byte UTF-8, U+2028/2029,
+ *                INT64_MIN/MAX; the same bytes, offsets and errors (invalid UTF-8 set with
+ *                *_nocheck, too long), except that two keys that are not UTF-8 are refused
+ *                where json_dump_checked let them through; non-flat records still go through
+ *                jansson; each allocation failing in turn; random records through audit_append
+ *                verify and are the bytes jansson writes. Prints audit_line_prepare's time per
+ * record. concurrency  8 threads append at once: seqs unique and contiguous, fewer fsyncs than
  *                records (group commit), the chain verifies.
  *   segments     a tiny segment_bytes makes many segments, each opening with segment_start;
  *                reopening continues the seq and the chain.
@@ -40,9 +48,10 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#include <unistd.h>
 
-#include "auth/audit.h"
+/* Not only auth/audit.h: test_flat_lines calls audit_line_flat and audit_line_prepare. */
+#include "auth/audit_internal.h"
+#include "common/json_dump.h"
 
 /* ------------------------------------------------------------------------------------------
  * Helpers
@@ -375,6 +384,733 @@ static void test_bad_records(void)
     CHECK_ERR_HAS(&e, "open in another process");
     audit_close(a);
     audit_close(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Flat lines: audit_line_flat against jansson's dump
+ * ---------------------------------------------------------------------------------------- */
+
+/* The test's PRNG (splitmix64): the seed is printed, INFERA_TEST_SEED replays another. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static size_t rng_below(uint64_t *s, size_t n)
+{
+    return (size_t)(rng_next(s) % n);
+}
+
+/* cp (a scalar value) as UTF-8 at out; returns the bytes written. */
+static size_t utf8_put(char *out, uint32_t cp)
+{
+    unsigned char *o = (unsigned char *)out;
+    if (cp < 0x80) {
+        o[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (unsigned char)(0xC0 | cp >> 6);
+        o[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | cp >> 12);
+        o[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (unsigned char)(0xF0 | cp >> 18);
+    o[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
+    o[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Byte sequences jansson's utf8_iterate refuses (each is invalid where it stands, whatever
+ * follows, except the cut ones, which are placed at the end of their string). */
+static const char *const bad_utf8[] = {
+    "\x80", /* stray continuation bytes */
+    "\xbf",
+    "\xc0\x80",         /* overlong NUL */
+    "\xc1\xbf",         /* overlong ASCII */
+    "\xe0\x80\xaf",     /* overlong '/' */
+    "\xe0\x9f\xbf",     /* overlong U+07FF */
+    "\xf0\x8f\xbf\xbf", /* overlong U+FFFF */
+    "\xed\xa0\x80",     /* surrogates */
+    "\xed\xbf\xbf",
+    "\xf4\x90\x80\x80", /* above U+10FFFF */
+    "\xf5\x80\x80\x80",
+    "\xf8\x88\x80\x80\x80",
+    "\xfe",
+    "\xff",
+    "\xc3(", /* a lead byte without its continuation */
+    "\xe2\x82(",
+};
+static const char *const bad_utf8_cut[] = {"\xc3", "\xe2\x82", "\xf0\x9f\x98"};
+
+/* Edge code points: the ends of each UTF-8 length, U+2028/2029, BOM, around the surrogates. */
+static const uint32_t edge_cps[] = {0x7F,   0x80,   0x7FF,  0x800,   0xD7FF,  0xE000,
+                                    0xFEFF, 0xFFFD, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF,
+                                    0x2028, 0x2029, 0xA9,   0xE9,    0x20AC};
+
+/* One random piece of text at out (at most 4 bytes); returns its length. */
+static size_t text_piece(uint64_t *rng, char *out)
+{
+    uint32_t cp;
+    switch (rng_below(rng, 12)) {
+        case 0:
+            cp = (uint32_t)rng_below(rng, 0x20); /* every control character, NUL included */
+            break;
+        case 1:
+            cp = (uint32_t) "\"\\/\x7f \n\t"[rng_below(rng, 7)];
+            break;
+        case 2:
+        case 3:
+        case 4:
+            cp = 0x20 + (uint32_t)rng_below(rng, 0x5F); /* printable ASCII */
+            break;
+        case 5:
+            cp = 0x80 + (uint32_t)rng_below(rng, 0x800 - 0x80);
+            break;
+        case 6:
+        case 7:
+            do
+                cp = 0x800 + (uint32_t)rng_below(rng, 0x10000 - 0x800);
+            while (cp >= 0xD800 && cp <= 0xDFFF);
+            break;
+        case 8:
+            cp = 0x10000 + (uint32_t)rng_below(rng, 0x110000 - 0x10000);
+            break;
+        case 9:
+            cp = edge_cps[rng_below(rng, sizeof edge_cps / sizeof edge_cps[0])];
+            break;
+        default:
+            cp = (uint32_t) "abAB019_.-mseq"[rng_below(rng, 14)]; /* runs of key-like bytes */
+            break;
+    }
+    return utf8_put(out, cp);
+}
+
+/* Random valid UTF-8 text of up to max pieces into buf (cap >= 4 * max); returns its length. */
+static size_t random_text(uint64_t *rng, char *buf, size_t max)
+{
+    size_t len = 0, n = rng_below(rng, max + 1);
+    for (size_t i = 0; i < n; i++)
+        len += text_piece(rng, buf + len);
+    return len;
+}
+
+/* Inserts an invalid sequence into buf[0..*len) (cap >= *len + 8) at a random place. */
+static void break_utf8(uint64_t *rng, char *buf, size_t *len)
+{
+    bool cut = rng_below(rng, 4) == 0;
+    const char *bad = cut ? bad_utf8_cut[rng_below(rng, 3)]
+                          : bad_utf8[rng_below(rng, sizeof bad_utf8 / sizeof bad_utf8[0])];
+    size_t n = strlen(bad), at = cut ? *len : rng_below(rng, *len + 1);
+    memmove(buf + at + n, buf + at, *len - at);
+    memcpy(buf + at, bad, n);
+    *len += n;
+}
+
+/* Keys that sort in tricky ways: prefixes, case, digits, '_' (0x5F, between upper and lower
+ * case), non-ASCII (bytes >= 0x80 after all ASCII), "mac"/"seq" and their neighbours, the
+ * empty key, escapes. */
+/* clang-format off */
+static const char *const tricky_keys[] = {
+    "a", "ab", "abc", "aB", "A", "AB", "Z", "_", "a_", "_a", "a0", "a1", "0", "09", "1", "10", "9",
+    "ts", "ma", "mac", "mac_", "maca", "mab", "mad", "se", "seq", "seq0", "seq_", "seqa", "sep",
+    "ser", "~", "-", ".", "a.b", "a-b", "", "caf\xc3\xa9", "caf", "cafe", "cafz", "\xc3\xa9",
+    "\xe2\x82\xac", "\xf0\x9f\x98\x80", "z\xc3\xa9", "a\"b", "a\\b", "a/b", "a\nb", "a\x01",
+    "a\x7f", "event", "status", "request_id",
+};
+/* clang-format on */
+
+/* Sets value (stolen) in rec under a random key: a tricky one or random text (one in 300 not
+ * UTF-8, with *bad set). */
+static void random_key_into(uint64_t *rng, json_t *rec, json_t *value, bool *bad)
+{
+    char key[6 * 4 + 16];
+    size_t len;
+    if (rng_below(rng, 2) == 0) {
+        const char *k = tricky_keys[rng_below(rng, sizeof tricky_keys / sizeof tricky_keys[0])];
+        len = strlen(k);
+        memcpy(key, k, len);
+    } else {
+        len = random_text(rng, key, 6);
+    }
+    if (rng_below(rng, 300) == 0) {
+        break_utf8(rng, key, &len);
+        *bad = true;
+    }
+    /* setn_new_nocheck: keys may hold NUL (escaped as \u0000) or, from break_utf8, bad UTF-8. */
+    if (json_object_setn_new_nocheck(rec, key, len, value) != 0)
+        die("json_object_setn_new_nocheck");
+}
+
+static json_int_t random_int(uint64_t *rng)
+{
+    /* clang-format off */
+    static const json_int_t edges[] = {
+        0, 1, -1, 9, 10, -9, -10, 99, 100, -100, INT64_MAX, INT64_MIN, INT64_MAX - 1,
+        INT64_MIN + 1, (json_int_t)1 << 53, -((json_int_t)1 << 53) - 1,
+    };
+    /* clang-format on */
+    switch (rng_below(rng, 3)) {
+        case 0:
+            return edges[rng_below(rng, sizeof edges / sizeof edges[0])];
+        case 1:
+            return (json_int_t)rng_next(rng); /* any 64-bit value */
+        default: {                            /* every digit count */
+            json_int_t v = (json_int_t)(rng_next(rng) >> (1 + rng_below(rng, 63)));
+            return rng_below(rng, 2) ? v : -v;
+        }
+    }
+}
+
+/* A random value (one in 100 a real, array or object); *bad set for invalid UTF-8. */
+static json_t *random_value(uint64_t *rng, bool *bad)
+{
+    char text[300 * 4 + 16];
+    size_t len;
+    switch (rng_below(rng, 400)) {
+        case 0:
+            return json_real(rng_below(rng, 2) ? 0.1 : -1e300);
+        case 1:
+            return json_pack("[i,s]", 1, "x");
+        case 2:
+            return json_pack("{s:{s:n}}", "k", "\xc3\xa9", "y");
+        case 3:
+            return json_array();
+        default:
+            break;
+    }
+    switch (rng_below(rng, 10)) {
+        case 0:
+            return json_null();
+        case 1:
+            return json_true();
+        case 2:
+            return json_false();
+        case 3:
+        case 4:
+            return json_integer(random_int(rng));
+        default:
+            len = random_text(rng, text, rng_below(rng, 20) == 0 ? 300 : 24);
+            if (rng_below(rng, 100) == 0) {
+                break_utf8(rng, text, &len);
+                *bad = true;
+            }
+            return json_stringn_nocheck(text, len); /* nocheck: may hold invalid UTF-8 */
+    }
+}
+
+/* A shallow copy of the object rec that keeps every key whole: json_copy cuts keys at a NUL. */
+static json_t *copy_keys(const json_t *rec)
+{
+    const char *key;
+    size_t key_len;
+    json_t *value, *c = json_object();
+    if (c == NULL)
+        die("copy_keys");
+    json_object_keylen_foreach((json_t *)rec, key, key_len, value)
+    {
+        if (json_object_setn_nocheck(c, key, key_len, value) != 0)
+            die("copy_keys");
+    }
+    return c;
+}
+
+/* Whether a and b hold the same keys with the same value objects (json_equal looks keys up
+ * without their length, so it cannot compare keys that hold a NUL). */
+static bool same_members(const json_t *a, const json_t *b)
+{
+    const char *key;
+    size_t key_len;
+    json_t *v;
+    if (json_object_size(a) != json_object_size(b))
+        return false;
+    json_object_keylen_foreach((json_t *)a, key, key_len, v)
+    {
+        if (json_object_getn(b, key, key_len) != v)
+            return false;
+    }
+    return true;
+}
+
+/* Whether the old path dumps rec with only strings, integers, true, false and null: members
+ * named "seq" and "mac" do not count (it replaces them). */
+static bool record_is_flat(const json_t *rec)
+{
+    const char *key;
+    size_t key_len;
+    json_t *v;
+    json_object_keylen_foreach((json_t *)rec, key, key_len, v)
+    {
+        bool placeholder =
+            key_len == 3 && (memcmp(key, "seq", 3) == 0 || memcmp(key, "mac", 3) == 0);
+        if (!placeholder && !json_is_string(v) && !json_is_integer(v) && !json_is_boolean(v) &&
+            !json_is_null(v))
+            return false;
+    }
+    return true;
+}
+
+/* What audit_line_prepare did before audit_line_flat: "seq" and "mac" set on (a copy of) the
+ * record, json_dump_checked, the offsets found with strstr. Same contract as audit_line_prepare. */
+static int reference_prepare(struct audit_line *it, const json_t *rec, struct err *e)
+{
+    char zeros[AUDIT_MAC_HEX + 1];
+    memset(zeros, '0', AUDIT_MAC_HEX);
+    zeros[AUDIT_MAC_HEX] = '\0';
+    json_t *c = copy_keys(rec);
+    if (json_object_set_new(c, "seq", json_integer(0)) != 0 ||
+        json_object_set_new(c, "mac", json_string(zeros)) != 0)
+        die("reference_prepare");
+    char *s = json_dump_checked(c, AUDIT_DUMP_FLAGS);
+    json_decref(c);
+    if (s == NULL)
+        return audit_line_err_invalid(e);
+    size_t len = strlen(s);
+    const char *m = strstr(s, "\"mac\":\"");
+    const char *q = strstr(s, "\"seq\":0");
+    if (len + 20 + 1 > AUDIT_LINE_MAX) {
+        free(s);
+        return audit_line_err_long(e);
+    }
+    if (m == NULL || q == NULL || m > q) {
+        free(s);
+        return err_set(e, INF_EINVAL, "the audit record has no mac or seq member");
+    }
+    it->text = s;
+    it->len = len;
+    it->mac_off = (size_t)(m - s) + 7;
+    it->seq_off = (size_t)(q - s) + 6;
+    return INF_OK;
+}
+
+/* Whether every key of rec is UTF-8 (json_stringn checks, as jansson's setters do). */
+static bool keys_utf8(const json_t *rec)
+{
+    const char *key;
+    size_t key_len;
+    json_t *v;
+    json_object_keylen_foreach((json_t *)rec, key, key_len, v)
+    {
+        json_t *k = json_stringn(key, key_len);
+        if (k == NULL)
+            return false;
+        json_decref(k);
+    }
+    return true;
+}
+
+/* Records with keys that are not UTF-8 which the old path wrote anyway (see test_flat_lines). */
+static int old_path_took_bad_keys;
+
+/*
+ * Checks audit_line_prepare (and, for a flat record, audit_line_flat itself) against
+ * reference_prepare on rec: the same status and message, the same bytes, the same offsets, rec
+ * unchanged. audit_line_flat must take a flat record and leave any other to jansson. One deliberate
+ * difference: a flat record with a key that is not UTF-8 is always refused (INF_EINVAL), where
+ * json_dump_checked can let one through. Returns the status; what names rec in messages.
+ */
+static int check_prepare(const json_t *rec, const char *what)
+{
+    struct audit_line ref = {0}, got = {0};
+    struct err eref = {0}, egot = {0};
+    bool flat = record_is_flat(rec);
+    json_t *before = copy_keys(rec);
+    int rref = reference_prepare(&ref, rec, &eref);
+    int rgot = audit_line_flat(rec, &got, &egot);
+    if (flat) {
+        CHECK_MSG(rgot != AUDIT_LINE_NOT_FLAT, "%s: audit_line_flat did not take a flat record",
+                  what);
+    } else {
+        CHECK_MSG(rgot == AUDIT_LINE_NOT_FLAT && got.text == NULL,
+                  "%s: audit_line_flat took it: %d", what, rgot);
+        json_t *c = copy_keys(rec); /* audit_line_prepare sets seq and mac on it */
+        rgot = audit_line_prepare(c, &got, &egot);
+        json_decref(c);
+    }
+    if (flat && !keys_utf8(rec)) {
+        CHECK_MSG(rgot == INF_EINVAL && got.text == NULL, "%s: a key that is not UTF-8: %d", what,
+                  rgot);
+        CHECK_ERR_HAS(&egot, "the audit record cannot be serialised (invalid UTF-8?)");
+        CHECK_MSG(rref == INF_OK || (rref == rgot && strcmp(egot.msg, eref.msg) == 0),
+                  "%s: status %d \"%s\", want %d \"%s\"", what, rgot, egot.msg, rref, eref.msg);
+        old_path_took_bad_keys += rref == INF_OK;
+    } else {
+        CHECK_MSG(rgot == rref && strcmp(egot.msg, eref.msg) == 0,
+                  "%s: status %d \"%s\", want %d \"%s\"\n  got  %.4096s\n  want %.4096s", what,
+                  rgot, egot.msg, rref, eref.msg, got.text ? got.text : "-",
+                  ref.text ? ref.text : "-");
+    }
+    if (rgot == INF_OK && rref == INF_OK) {
+        bool same = got.len == ref.len && memcmp(got.text, ref.text, ref.len + 1) == 0;
+        CHECK_MSG(same, "%s:\n  got  %.*s\n  want %s", what, (int)(got.len < 4096 ? got.len : 4096),
+                  got.text, ref.text);
+        CHECK_MSG(got.mac_off == ref.mac_off && got.seq_off == ref.seq_off,
+                  "%s: offsets %zu %zu, want %zu %zu", what, got.mac_off, got.seq_off, ref.mac_off,
+                  ref.seq_off);
+    } else if (rgot != INF_OK) {
+        CHECK_MSG(got.text == NULL, "%s: a line on failure", what);
+    }
+    CHECK_MSG(same_members(before, rec), "%s: the record was modified", what);
+    if (flat) { /* audit_line_prepare takes the same way */
+        struct audit_line again = {0};
+        struct err eagain = {0};
+        json_t *c = copy_keys(rec);
+        int ragain = audit_line_prepare(c, &again, &eagain);
+        CHECK_MSG(ragain == rgot && (ragain != INF_OK || strcmp(again.text, got.text) == 0),
+                  "%s: audit_line_prepare differs from audit_line_flat", what);
+        json_decref(c);
+        free(again.text);
+    }
+    json_decref(before);
+    free(ref.text);
+    free(got.text);
+    return rgot;
+}
+
+/* For the allocation sweep: jansson's allocator failing its Nth call, blocks counted. */
+static size_t oom_calls, oom_fail_at, oom_live;
+
+static void *oom_malloc(size_t n)
+{
+    if (++oom_calls == oom_fail_at)
+        return NULL;
+    void *p = malloc(n);
+    oom_live += p != NULL;
+    return p;
+}
+
+static void oom_free(void *p)
+{
+    oom_live -= p != NULL;
+    free(p);
+}
+
+/* A copy of src with "ts" set, as the writer's record_new makes its working record. */
+static json_t *record_new(const json_t *src)
+{
+    json_t *rec = json_copy((json_t *)src);
+    if (rec == NULL ||
+        json_object_set_new(rec, "ts", json_string("2026-11-29T06:00:00.123456Z")) != 0) {
+        json_decref(rec);
+        return NULL;
+    }
+    return rec;
+}
+
+/* An http.request record as guard_audit_request builds it (15 members), with "ts". */
+static json_t *typical_record(int i)
+{
+    json_t *r = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:s, s:I, s:I, s:I, s:s}", "event",
+        "http.request", "request_id", "01HZX3J5Q7N6V8W2Y4A1B3C5D7", "key_id", "k_7f3a9c21",
+        "client", "203.0.113.42", "method", "POST", "route", "/v2/models/{m}/versions/{v}/infer",
+        "model", "digits-mlp", "version", 3, "status", 200, "outcome", "ok", "latency_us",
+        (json_int_t)1830 + i, "bytes_in", (json_int_t)3211, "bytes_out", (json_int_t)187,
+        "body_sha256", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    json_t *full = r != NULL ? record_new(r) : NULL;
+    json_decref(r);
+    if (full == NULL)
+        die("typical_record");
+    return full;
+}
+
+static double now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+/* ns per record: record_new's copy of src as audit_append makes it (how: 0), then
+ * audit_line_prepare on it (1), or the old way: "seq" and "mac" set, json_dump_checked, strstr (2).
+ */
+static double bench_prepare(const json_t *src, int n, int how)
+{
+    char zeros[AUDIT_MAC_HEX + 1];
+    memset(zeros, '0', AUDIT_MAC_HEX);
+    zeros[AUDIT_MAC_HEX] = '\0';
+    double t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+        struct audit_line it = {0};
+        struct err e = {0};
+        json_t *rec = record_new(src);
+        int rc = rec != NULL ? INF_OK : INF_ENOMEM;
+        if (how == 1) {
+            rc = audit_line_prepare(rec, &it, &e);
+        } else if (how == 2) {
+            json_object_set_new(rec, "seq", json_integer(0));
+            json_object_set_new(rec, "mac", json_string(zeros));
+            it.text = json_dump_checked(rec, AUDIT_DUMP_FLAGS);
+            rc = it.text != NULL && strstr(it.text, "\"mac\":\"") != NULL &&
+                         strstr(it.text, "\"seq\":0") != NULL
+                     ? INF_OK
+                     : INF_EINVAL;
+        }
+        if (rc != INF_OK)
+            die("bench_prepare");
+        json_decref(rec);
+        free(it.text);
+    }
+    return (now_ns() - t0) / n;
+}
+
+static void test_flat_lines(void)
+{
+    uint64_t seed = 0x1f2e3d4c5b6a7988ull;
+    const char *env = getenv("INFERA_TEST_SEED");
+    if (env != NULL)
+        seed = strtoull(env, NULL, 0);
+    fprintf(stderr, "  seed 0x%016llx (INFERA_TEST_SEED replays another)\n",
+            (unsigned long long)seed);
+    uint64_t rng = seed;
+    char what[64];
+
+    /* Every ASCII character, NUL included, as a key and in a value; every edge code point. */
+    json_t *rec = json_object();
+    char text[1024];
+    size_t len = 0;
+    for (uint32_t c = 0; c < 0x80; c++) {
+        char k[2] = {(char)c, 'k'};
+        json_object_setn_new_nocheck(rec, k, 2, json_integer((json_int_t)c - 64));
+        len += utf8_put(text + len, c);
+    }
+    for (size_t i = 0; i < sizeof edge_cps / sizeof edge_cps[0]; i++)
+        len += utf8_put(text + len, edge_cps[i]);
+    json_object_set_new(rec, "text", json_stringn(text, len));
+    json_object_set_new(rec, "min", json_integer(INT64_MIN));
+    json_object_set_new(rec, "max", json_integer(INT64_MAX));
+    json_object_set_new(rec, "t", json_true());
+    json_object_set_new(rec, "f", json_false());
+    json_object_set_new(rec, "n", json_null());
+    CHECK(check_prepare(rec, "every ASCII character") == INF_OK);
+    /* Members named "seq" and "mac" are replaced by the placeholders, whatever their value. */
+    json_object_set_new(rec, "seq", json_integer(7));
+    json_object_set_new(rec, "mac", json_string("ff"));
+    CHECK(check_prepare(rec, "seq and mac members") == INF_OK);
+    json_object_set_new(rec, "mac", json_pack("[i]", 1));
+    CHECK(check_prepare(rec, "a nested mac member") == INF_OK);
+    json_decref(rec);
+
+    /* Invalid UTF-8 (only the *_nocheck setters insert it) in a value and in a key: refused by
+     * both, with the same message. */
+    old_path_took_bad_keys = 0;
+    for (size_t i = 0; i < sizeof bad_utf8 / sizeof bad_utf8[0]; i++) {
+        rec = json_pack("{s:s}", "ts", "2024-05-01T12:34:56.789Z");
+        snprintf(text, sizeof text, "ok %s ok", bad_utf8[i]);
+        json_object_set_new(rec, "v", json_string_nocheck(text));
+        snprintf(what, sizeof what, "bad UTF-8 value %zu", i);
+        CHECK(check_prepare(rec, what) == INF_EINVAL);
+        json_object_del(rec, "v");
+        json_object_set_new_nocheck(rec, text, json_integer(1));
+        snprintf(what, sizeof what, "bad UTF-8 key %zu", i);
+        CHECK(check_prepare(rec, what) == INF_EINVAL);
+        json_decref(rec);
+    }
+    for (size_t i = 0; i < sizeof bad_utf8_cut / sizeof bad_utf8_cut[0]; i++) {
+        rec = json_object();
+        json_object_set_new(rec, "v", json_string_nocheck(bad_utf8_cut[i]));
+        CHECK(check_prepare(rec, "a cut sequence at the end") == INF_EINVAL);
+        json_decref(rec);
+    }
+    CHECK(old_path_took_bad_keys == 0);
+
+    /* json_dump_checked's hole: jansson ignores a failed key (dump.c writes the opening quote,
+     * stops, and goes on with ':' and the value), and its check of the finished text catches one
+     * such key but not two, whose stray quotes pair up: {"mac":"0...0","seq":0,":1,":2} is
+     * valid JSON, and the old path wrote that line. audit_line_flat refuses the record. */
+    old_path_took_bad_keys = 0;
+    rec = json_object();
+    json_object_set_new_nocheck(rec, "\xfe", json_integer(1));
+    json_object_set_new_nocheck(rec, "\xff", json_integer(2));
+    CHECK(check_prepare(rec, "two keys that are not UTF-8") == INF_EINVAL);
+    CHECK(old_path_took_bad_keys == 1);
+    json_decref(rec);
+
+    /* Non-flat records still go through jansson, with the same line. */
+    const char *nested[] = {"{\"a\": 0.1, \"b\": \"x\"}", "{\"a\": [1, \"\\u00e9\"]}",
+                            "{\"z\": {\"y\": null}, \"a\": -1e300}", "{\"r\": 1.5e-7}"};
+    for (size_t i = 0; i < sizeof nested / sizeof nested[0]; i++) {
+        rec = json_loads(nested[i], 0, NULL);
+        CHECK(rec != NULL && check_prepare(rec, nested[i]) == INF_OK);
+        json_decref(rec);
+    }
+
+    /* Around AUDIT_LINE_MAX: the same length decides INF_ELIMIT, with escapes near the end. */
+    char *big = malloc(AUDIT_LINE_MAX + 16);
+    int too_long = 0, fits = 0;
+    for (size_t n = AUDIT_LINE_MAX - 200; n < AUDIT_LINE_MAX - 100; n++) {
+        memset(big, 'x', n);
+        size_t m = n;
+        if (n % 3 == 1)
+            m += utf8_put(big + m, 0x1F600); /* 4 bytes written as 12 */
+        if (n % 3 == 2)
+            big[m++] = '\n';
+        rec = json_pack("{s:s, s:s%}", "ts", "2024-05-01T12:34:56.789Z", "note", big, m);
+        snprintf(what, sizeof what, "a %zu-byte string", m);
+        int rc = check_prepare(rec, what);
+        too_long += rc == INF_ELIMIT;
+        fits += rc == INF_OK;
+        json_decref(rec);
+    }
+    CHECK(too_long > 0 && fits > 0);
+    free(big);
+
+    /* Random records. */
+    old_path_took_bad_keys = 0;
+    int n = test_quick() ? 2000 : 20000, ok = 0, bad = 0, nonflat = 0, many = 0;
+    for (int i = 0; i < n; i++) {
+        bool invalid = false;
+        size_t members = rng_below(&rng, 10) == 0 ? 30 + rng_below(&rng, 50) : rng_below(&rng, 24);
+        rec = json_object();
+        for (size_t k = 0; k < members; k++)
+            random_key_into(&rng, rec, random_value(&rng, &invalid), &invalid);
+        snprintf(what, sizeof what, "random record %d", i);
+        int rc = check_prepare(rec, what);
+        bool flat = record_is_flat(rec);
+        ok += rc == INF_OK;
+        bad += flat && invalid && rc == INF_EINVAL;
+        nonflat += !flat;
+        many += flat && json_object_size(rec) + 2 > 32;
+        json_decref(rec);
+    }
+    fprintf(stderr,
+            "  %d random records: %d serialised, %d refused as not UTF-8 (%d of them written by "
+            "the old path: keys), %d not flat, %d flat with > %d members\n",
+            n, ok, bad, old_path_took_bad_keys, nonflat, many, 32);
+    CHECK(ok > n / 2 && bad > 0 && nonflat > 0 && many > 0);
+
+    /* Every allocation of audit_line_flat failing in turn (the member array beyond 32 members, the
+     * line): INF_ENOMEM, nothing leaked, nothing set; one more and it succeeds. */
+    for (int shape = 0; shape < 2; shape++) {
+        rec = typical_record(0);
+        for (int k = 0; shape == 1 && k < 40; k++)
+            json_object_set_new(rec, (char[]){'x', (char)('A' + k), 0}, json_integer(k));
+        size_t allocs = 0;
+        for (size_t fail_at = 1;; fail_at++) {
+            struct audit_line it = {0};
+            struct err e = {0};
+            oom_calls = oom_live = 0;
+            oom_fail_at = fail_at;
+            json_set_alloc_funcs(oom_malloc, oom_free);
+            int rc = audit_line_flat(rec, &it, &e);
+            json_set_alloc_funcs(malloc, free);
+            if (rc == INF_OK) {
+                allocs = oom_calls;
+                CHECK(it.text != NULL && oom_live == 1);
+                free(it.text);
+                break;
+            }
+            CHECK_MSG(rc == INF_ENOMEM && it.text == NULL && oom_live == 0, "fail at %zu: %d %s",
+                      fail_at, rc, e.msg);
+            CHECK_ERR_HAS(&e, "out of memory");
+            if (fail_at > 10)
+                break;
+        }
+        CHECK_MSG(allocs == (size_t)(shape == 0 ? 1 : 2), "%zu allocations", allocs);
+        json_decref(rec);
+    }
+
+    /* How long audit_line_prepare takes on a typical http.request record (printed, not checked). */
+    json_t *src = typical_record(0);
+    json_object_del(src, "ts"); /* record_new adds it, as in audit_append */
+    int reps = test_quick() ? 2000 : 30000;
+    double t_copy = bench_prepare(src, reps, 0);
+    double t_new = bench_prepare(src, reps, 1) - t_copy;
+    double t_old = bench_prepare(src, reps, 2) - t_copy;
+    fprintf(
+        stderr,
+        "  audit_line_prepare on a %zu-member http.request record: json_dump_checked way %.0f ns, "
+        "audit_line_flat %.0f ns (%.1fx), record_new's copy before it %.0f ns\n",
+        json_object_size(src) + 3, t_old, t_new, t_old / t_new, t_copy);
+    json_decref(src);
+}
+
+/* A random value audit_append accepts: no array or object, valid UTF-8, no NUL. New
+ * reference. */
+static json_t *random_audit_value(uint64_t *rng)
+{
+    for (;;) {
+        bool bad = false;
+        json_t *v = random_value(rng, &bad);
+        if (bad || json_is_array(v) || json_is_object(v)) {
+            json_decref(v);
+            continue;
+        }
+        if (!json_is_string(v))
+            return v;
+        size_t len = json_string_length(v);
+        char *s = malloc(len + 1);
+        memcpy(s, json_string_value(v), len + 1);
+        for (size_t i = 0; i < len; i++)
+            if (s[i] == '\0')
+                s[i] = 'x';
+        json_decref(v);
+        v = json_stringn(s, len);
+        free(s);
+        return v;
+    }
+}
+
+/* Random valid records through audit_append: the log verifies, and every line is what jansson
+ * dumps for the record with the line's ts, seq and mac. */
+static void test_flat_log(void)
+{
+    enum { N = 300 };
+    uint64_t rng = 0x5eed0f1a7109ull;
+    char dir[256], p[512];
+    struct err e = {0};
+    struct audit_log *log = NULL;
+    json_t *recs[N];
+    fresh_dir(dir, sizeof dir, "flat");
+    CHECK(audit_open(dir, KEY, NULL, &log, &e) == INF_OK);
+    for (int i = 0; i < N; i++) {
+        recs[i] = json_pack("{s:s, s:i}", "event", "test.flat", "i", i);
+        for (size_t k = rng_below(&rng, 20); k > 0; k--) {
+            char key[16];
+            snprintf(key, sizeof key, "%c%zu", "aAz_.-0"[rng_below(&rng, 7)], rng_below(&rng, 30));
+            json_object_set_new(recs[i], key, random_audit_value(&rng));
+        }
+        err_clear(&e);
+        CHECK_MSG(audit_append(log, recs[i], NULL, &e) == INF_OK, "record %d: %s", i, e.msg);
+    }
+    audit_close(log);
+    CHECK(verify_ok(dir, NULL) == INF_OK);
+    struct lines l;
+    seg_path(p, sizeof p, dir, 1);
+    lines_read(p, &l);
+    int matched = 0;
+    for (size_t k = 0; k < l.n; k++) {
+        json_t *line = json_loads(l.v[k], 0, NULL);
+        json_t *idx = json_object_get(line, "i");
+        if (json_is_integer(idx) && json_integer_value(idx) >= 0 && json_integer_value(idx) < N) {
+            json_t *want = json_copy(recs[json_integer_value(idx)]);
+            json_object_set(want, "ts", json_object_get(line, "ts"));
+            json_object_set(want, "seq", json_object_get(line, "seq"));
+            json_object_set(want, "mac", json_object_get(line, "mac"));
+            char *s = json_dump_checked(want, AUDIT_DUMP_FLAGS);
+            size_t n = s != NULL ? strlen(s) : 0;
+            bool same = s != NULL && strlen(l.v[k]) == n + 1 && memcmp(l.v[k], s, n) == 0 &&
+                        l.v[k][n] == '\n';
+            CHECK_MSG(same, "line %zu:\n  got  %s  want %s", k + 1, l.v[k], s ? s : "(null)");
+            matched += same;
+            free(s);
+            json_decref(want);
+        }
+        json_decref(line);
+    }
+    CHECK_MSG(matched == N, "%d of %d records found as jansson writes them", matched, N);
+    lines_free(&l);
+    for (int i = 0; i < N; i++)
+        json_decref(recs[i]);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1237,6 +1973,8 @@ int main(void)
     snprintf(scratch, sizeof scratch, "%s", tmpl);
     RUN(test_basics);
     RUN(test_bad_records);
+    RUN(test_flat_lines);
+    RUN(test_flat_log);
     RUN(test_concurrent);
     RUN(test_segments);
     RUN(test_tampering);
