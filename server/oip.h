@@ -65,9 +65,23 @@ int oip_request_parse_binary(const struct model *m, const char *body, size_t len
                              const struct oip_limits *lim, struct oip_request *req, struct err *e);
 
 /*
- * Encodes the whole response: JSON, followed (when the request asked for binary outputs) by
- * the binary data of those outputs in order. *json_len is the JSON part's length (== *len when
- * nothing is binary). Caller frees *buf. Returns INF_ENOMEM on failure.
+ * Encodes the whole response for req from out (B, O): JSON, followed (when the request asked
+ * for binary outputs) by the binary data of those outputs in order. On success *buf is a new
+ * NUL-terminated buffer of *len bytes (the NUL not counted) that the caller frees with free(),
+ * and *json_len is the JSON part's length (== *len when nothing is binary).
+ *
+ * The JSON is byte for byte json_dump_checked(oip_response_build(...), JSON_COMPACT |
+ * JSON_REAL_PRECISION(9)). When req->binary_outputs == 0 (the common case) it is written
+ * straight into one growing buffer without building a json_t (one allocation for most
+ * responses, two with top_k); with binary outputs it goes through oip_response_build().
+ *
+ * Returns INF_OK, or INF_ENOMEM whenever oip_response_build() or the dump would fail: out of
+ * memory, a text over JSON_DUMP_MAX, a NaN or infinity among the numbers the document holds
+ * (json_real() refuses them), or a name, version, id or label that is NULL (name, version) or
+ * not valid UTF-8 (json_string() refuses it). On failure nothing is written to *buf, *len or
+ * *json_len and nothing stays allocated. req must be as oip_request_parse() leaves it (top_k
+ * from 0 to O; label outputs for classifiers only). m, the strings, req and out are borrowed
+ * for the call. Reentrant; assumes printf's rounding mode is round-to-nearest (the default).
  */
 int oip_response_encode(const struct model *m, const char *model_name, const char *model_version,
                         const struct oip_request *req, const float *out, char **buf, size_t *len,
@@ -75,7 +89,10 @@ int oip_response_encode(const struct model *m, const char *model_name, const cha
 
 /*
  * Builds the response for req from out (B, O): probabilities (after softmax) for a classifier,
- * values for a regressor. Returns a new JSON object (caller decrefs) or NULL on out of memory.
+ * values for a regressor. Returns a new JSON object (caller decrefs), or NULL on out of memory,
+ * a non-finite number in an output it builds, or a string that is NULL or not UTF-8 (see
+ * oip_response_encode(), whose direct writer must stay in step with this function: change
+ * both, tests/server/test_oip_fast.c compares them).
  */
 json_t *oip_response_build(const struct model *m, const char *model_name, const char *model_version,
                            const struct oip_request *req, const float *out);

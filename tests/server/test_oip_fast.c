@@ -7,6 +7,13 @@
  * float, rest equal to the body with data replaced by []), a mutation fuzz checked against
  * jansson, and a micro-benchmark that prints (does not assert) µs per call.
  *
+ * Responses: oip_response_encode() writes the JSON itself when no output is binary. Its text is
+ * compared byte for byte with json_dump_checked(oip_response_build(...)), the jansson path it
+ * replaces, on hand-written cases and thousands of random ones (ids and labels with escapes,
+ * 2/3/4-byte UTF-8 and invalid UTF-8, every output selection and top_k, floats from the edges
+ * of "%.9g": denormals, powers of ten, ties), and both must fail together (non-finite numbers,
+ * strings that are not UTF-8). OIP_RESP_ALL_FLOATS=1 runs every finite float through both.
+ *
  * Every body is handed over in a heap buffer of exactly its length with no NUL after it, so
  * under AddressSanitizer any read past the end is caught.
  *
@@ -20,6 +27,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "common/json_dump.h"
+#include "server/oip.h"
 #include "server/oip_fast.h"
 #include "tests/test.h"
 
@@ -1249,6 +1258,471 @@ static void test_fuzz(void)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * Responses: oip_response_encode() writes the text itself when nothing is binary; it must be
+ * byte for byte json_dump_checked(oip_response_build(...), JSON_COMPACT | JSON_REAL_PRECISION(9)),
+ * and fail (INF_ENOMEM, nothing written) exactly when that returns NULL.
+ * ---------------------------------------------------------------------------------------- */
+
+#define RESP_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(9))
+
+/* Outcomes of resp_compare() over a test: both paths succeeded, both failed, they differed. */
+struct resp_tally {
+    size_t ok, failed, differ;
+};
+
+/* A model of 4 features -> O outputs: a classifier with these labels (NULL: the default "0",
+ * "1", ...) or a regressor. Caller frees with model_free(). */
+static struct model *resp_model(bool cls, size_t O, char *const *labels)
+{
+    json_t *cfg = json_pack("{s:s, s:{s:[i]}, s:[{s:s, s:i, s:i}]}", "task",
+                            cls ? "classification" : "regression", "input", "shape", 4, "layers",
+                            "type", "Linear", "in_features", 4, "out_features", (int)O);
+    if (cls && labels != NULL) {
+        json_t *l = json_array();
+        for (size_t i = 0; i < O; i++)
+            json_array_append_new(l, json_string(labels[i]));
+        json_object_set_new(cfg, "labels", l);
+    }
+    char *text = json_dumps(cfg, JSON_COMPACT);
+    struct err e = {0};
+    struct model *m = text ? model_load_buffers(text, strlen(text), NULL, 0, &e) : NULL;
+    CHECK_MSG(m != NULL, "resp_model: %s", e.msg);
+    if (m == NULL)
+        abort(); /* every later check needs it */
+    free(text);
+    json_decref(cfg);
+    return m;
+}
+
+/* Runs both paths on one case and compares; prints the case when they differ. */
+static void resp_compare(const struct model *m, const char *name, const char *version,
+                         const struct oip_request *req, const float *out, struct resp_tally *t,
+                         const char *what)
+{
+    json_t *res = oip_response_build(m, name, version, req, out);
+    char *want = res != NULL ? json_dump_checked(res, RESP_FLAGS) : NULL;
+    json_decref(res);
+    char *got = SENTINEL_PTR;
+    size_t len = 777, json_len = 777;
+    int rc = oip_response_encode(m, name, version, req, out, &got, &len, &json_len);
+    bool same;
+    if (want == NULL)
+        same = rc == INF_ENOMEM && got == SENTINEL_PTR && len == 777 && json_len == 777;
+    else
+        same = rc == INF_OK && len == strlen(want) && json_len == len &&
+               memcmp(got, want, len + 1) == 0;
+    if (same) {
+        want == NULL ? t->failed++ : t->ok++;
+    } else if (t->differ++ < 5) {
+        /* the first difference with 60 bytes either side, or the side that failed */
+        size_t wl = want ? strlen(want) : 0, gl = rc == INF_OK ? len : 0, i = 0;
+        while (want != NULL && rc == INF_OK && i < wl && i < gl && want[i] == got[i])
+            i++;
+        size_t from = i > 60 ? i - 60 : 0;
+        fprintf(stderr, "  %s: the direct writer differs (rc %d) at byte %zu of %zu/%zu:\n", what,
+                rc, i, wl, gl);
+        fputs("  jansson: ", stderr);
+        want ? print_escaped(want + from, (wl < i + 60 ? wl : i + 60) - from)
+             : (void)fputs("(failed)\n", stderr);
+        fputs("  direct:  ", stderr);
+        rc == INF_OK ? print_escaped(got + from, (gl < i + 60 ? gl : i + 60) - from)
+                     : (void)fputs("(failed)\n", stderr);
+    }
+    if (rc == INF_OK)
+        free(got);
+    free(want);
+}
+
+/* Appends code point cp (not a surrogate, <= U+10FFFF) as UTF-8. */
+static void sb_put_cp(struct sb *b, uint32_t cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    sb_put(b, u, n);
+}
+
+/* A code point a client might send in free text, biased to what needs escaping or care. */
+static uint32_t random_cp(struct rng *g)
+{
+    static const uint32_t edges[] = {0x7F,   0x80,   0x7FF,   0x800,   0xD7FF,   0xE000,
+                                     0xFFFD, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF, 0x2028};
+    uint32_t c;
+    switch (rng_below(g, 10)) {
+        case 0:
+            return 1 + (uint32_t)rng_below(g, 0x1F); /* control characters (no NUL: C strings) */
+        case 1:
+            return (uint32_t) "\"\\/"[rng_below(g, 3)];
+        case 2:
+            return edges[rng_below(g, sizeof edges / sizeof edges[0])];
+        case 3:
+            return 0x80 + (uint32_t)rng_below(g, 0x780); /* 2 bytes */
+        case 4:
+            do
+                c = 0x800 + (uint32_t)rng_below(g, 0xF800); /* 3 bytes */
+            while (c >= 0xD800 && c <= 0xDFFF);
+            return c;
+        case 5:
+            return 0x10000 + (uint32_t)rng_below(g, 0x100000); /* 4 bytes */
+        default:
+            return 0x20 + (uint32_t)rng_below(g, 0x5F); /* printable ASCII */
+    }
+}
+
+/* Byte sequences json_string() refuses (utf.c), each invalid wherever it is put. */
+static const char *const bad_utf8[] = {
+    "\x80",
+    "\xBF",
+    "\xC0\x80",
+    "\xC1\xBF",
+    "\xC2",
+    "\xC2\x41",
+    "\xDF",
+    "\xE0\x80\x80",
+    "\xE0\x9F\xBF",
+    "\xED\xA0\x80",
+    "\xED\xBF\xBF",
+    "\xE2\x82",
+    "\xE2\x28\xA1",
+    "\xF0\x8F\xBF\xBF",
+    "\xF0\x9F\x98",
+    "\xF4\x90\x80\x80",
+    "\xF5\x80\x80\x80",
+    "\xF8\x88\x80\x80\x80",
+    "\xFE",
+    "\xFF",
+};
+
+/* A random string of up to max code points into b (reset first); with bad, one invalid
+ * sequence goes in at a random place. */
+static void random_text(struct rng *g, struct sb *b, size_t max, bool bad)
+{
+    b->len = 0;
+    sb_put(b, "", 0);
+    size_t n = rng_below(g, max + 1), at = rng_below(g, n + 1);
+    for (size_t i = 0; i <= n; i++) {
+        if (bad && i == at)
+            sb_puts(b, bad_utf8[rng_below(g, sizeof bad_utf8 / sizeof bad_utf8[0])]);
+        if (i < n)
+            sb_put_cp(b, random_cp(g));
+    }
+}
+
+/* A finite float from one of the families where number formatting has edges. */
+static float random_output_float(struct rng *g)
+{
+    static const float specials[] = {0.0f,   -0.0f,  FLT_MIN, FLT_TRUE_MIN,   FLT_MAX, 1.0f,
+                                     0.5f,   0.1f,   1e-4f,   9.99999975e-5f, 1e9f,    16777216.0f,
+                                     1e-36f, 1e-37f, 1e30f,   1e31f};
+    double u = (double)rng_next(g) / 0x1p64;
+    float f;
+    switch (rng_below(g, 9)) {
+        case 0:
+            return random_float_bits(g); /* includes denormals and huge values */
+        case 1:
+            f = (float)u; /* a probability */
+            break;
+        case 2:
+            f = ldexpf((float)u, -(int)rng_below(g, 150)); /* tiny, down to denormals */
+            break;
+        case 3: { /* integer-valued */
+            int shift = (int)rng_below(g, 64);
+            f = (float)(int64_t)(rng_next(g) >> shift);
+            break;
+        }
+        case 4: /* a power of ten, and its neighbours */
+        case 5: /* just under a power of ten: where 9 digits round up to the next one */
+        {
+            int p = (int)rng_below(g, 84) - 45;
+            double d = pow(10, p) * (rng_below(g, 2) ? 1.0 : 1.0 - 5e-10);
+            f = (float)d;
+            for (size_t s = rng_below(g, 4); s > 0; s--)
+                f = nextafterf(f, rng_below(g, 2) ? INFINITY : 0.0f);
+            break;
+        }
+        case 6: /* small odd multiples of powers of two: exact ties such as 2^-13 */
+        {
+            float odd = (float)(1 + 2 * rng_below(g, 2048));
+            f = ldexpf(odd, (int)rng_below(g, 250) - 149);
+            break;
+        }
+        case 7:
+            f = specials[rng_below(g, sizeof specials / sizeof specials[0])];
+            break;
+        default:
+            f = (float)(u * pow(10, (int)rng_below(g, 20) - 10)); /* a regressor's values */
+            break;
+    }
+    if (!isfinite(f))
+        f = FLT_MAX;
+    return rng_below(g, 4) == 0 ? -f : f;
+}
+
+/* out (n) as a classifier's output: softmax of random logits, some rows with ties. */
+static void random_probabilities(struct rng *g, float *out, size_t rows, size_t C)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *p = out + r * C;
+        double z = 0, scale = (double)(1 + rng_below(g, 40));
+        for (size_t c = 0; c < C; c++)
+            z += p[c] = expf((float)(((double)rng_next(g) / 0x1p64 - 0.5) * scale));
+        for (size_t c = 0; c < C; c++)
+            p[c] = (float)(p[c] / z);
+        if (rng_below(g, 4) == 0 && C > 2) {
+            size_t to = rng_below(g, C), from = rng_below(g, C); /* one call per statement */
+            p[to] = p[from];                                     /* a tie for top_k's order */
+        }
+    }
+}
+
+static void test_response_examples(void)
+{
+    char *labels[] = {"cat", "dog \"big\"", "caf\xC3\xA9\n\x01\\/"};
+    struct model *m = resp_model(true, 3, labels);
+    float out[6] = {0.25f, 0.5f, 0.25f, 1e-20f, 1.0f, 0.0f}; /* 1e-20f is 9.99999968e-21 */
+    struct oip_request req = {.id = "r\"1\\\t\xF0\x9F\x98\x80", .batch = 2};
+    req.outputs =
+        OIP_OUT_PROBABILITIES | OIP_OUT_LABEL | OIP_OUT_TOP_K_LABELS | OIP_OUT_TOP_K_PROBABILITIES;
+    req.top_k = 2;
+    char *buf = NULL;
+    size_t len = 0, json_len = 0;
+    CHECK(oip_response_encode(m, "m", "1", &req, out, &buf, &len, &json_len) == INF_OK);
+    const char *want =
+        "{\"model_name\":\"m\",\"model_version\":\"1\",\"id\":\"r\\\"1\\\\\\t\xF0\x9F\x98\x80\","
+        "\"outputs\":[{\"name\":\"probabilities\",\"datatype\":\"FP32\",\"shape\":[2,3],"
+        "\"data\":[0.25,0.5,0.25,9.99999968e-21,1.0,0.0]},{\"name\":\"label\",\"datatype\":"
+        "\"BYTES\","
+        "\"shape\":[2],\"data\":[\"dog \\\"big\\\"\",\"dog \\\"big\\\"\"]},"
+        "{\"name\":\"top_k_labels\",\"datatype\":\"BYTES\",\"shape\":[2,2],\"data\":[\"dog "
+        "\\\"big\\\"\",\"cat\",\"dog \\\"big\\\"\",\"cat\"]},{\"name\":\"top_k_probabilities\","
+        "\"datatype\":\"FP32\",\"shape\":[2,2],\"data\":[0.5,0.25,1.0,9.99999968e-21]}]}";
+    CHECK_MSG(buf != NULL && strcmp(buf, want) == 0 && len == strlen(want) && json_len == len,
+              "got %s", buf ? buf : "(null)");
+    free(buf);
+
+    struct resp_tally t = {0};
+    resp_compare(m, "m", "1", &req, out, &t, "example");
+    req.outputs = OIP_OUT_LABEL;
+    req.id = NULL;
+    out[1] = 2.0f; /* the third label: escapes of \n, \u0001, \\ and a 2-byte é */
+    out[2] = 3.0f;
+    resp_compare(m, "m", "1", &req, out, &t, "escaped label");
+    CHECK(t.ok == 2 && t.differ == 0);
+
+    /* Non-finite outputs: json_real() refuses them, so today's build fails wherever one is
+     * put into the document (and handle_infer answers 503); with top_k both top-k arrays are
+     * built even if only one is asked for. */
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        float o[6] = {0.2f, 0.3f, 0.5f, 0.1f, 0.1f, 0.8f};
+        o[0] = bad[i];
+        struct oip_request r = {.batch = 2, .outputs = OIP_OUT_PROBABILITIES | OIP_OUT_LABEL};
+        struct resp_tally ti = {0};
+        resp_compare(m, "m", "1", &r, o, &ti, "non-finite in probabilities");
+        CHECK(ti.failed == 1);
+        r.outputs = OIP_OUT_LABEL; /* not written: fine */
+        resp_compare(m, "m", "1", &r, o, &ti, "non-finite, label only");
+        CHECK(ti.ok == 1);
+        r.outputs = OIP_OUT_TOP_K_LABELS; /* index 0 is among the top 3: its number is built */
+        r.top_k = 3;
+        resp_compare(m, "m", "1", &r, o, &ti, "non-finite, top_k_labels only");
+        CHECK(ti.failed == 2 && ti.differ == 0);
+    }
+    struct model *reg = resp_model(false, 2, NULL);
+    float o2[2] = {1.5f, NAN};
+    struct oip_request r2 = {.batch = 1, .outputs = OIP_OUT_OUTPUT};
+    char *sentinel = SENTINEL_PTR;
+    buf = sentinel;
+    len = 777;
+    CHECK(oip_response_encode(reg, "m", "1", &r2, o2, &buf, &len, &json_len) == INF_ENOMEM);
+    CHECK(buf == sentinel && len == 777);
+    model_free(reg);
+
+    /* A label that is not UTF-8 (a model could not load one; patched in here) fails where it
+     * is written or, for top_k, built; not where it is not. */
+    const struct model_info *info = model_get_info(m);
+    char *saved = info->labels[1], badlabel[] = "d\xC3";
+    info->labels[1] = badlabel;
+    float o3[3] = {0.1f, 0.8f, 0.1f};
+    struct oip_request r3 = {.batch = 1, .outputs = OIP_OUT_LABEL};
+    struct resp_tally tl = {0};
+    resp_compare(m, "m", "1", &r3, o3, &tl, "bad label");
+    r3.outputs = OIP_OUT_TOP_K_PROBABILITIES;
+    r3.top_k = 2;
+    resp_compare(m, "m", "1", &r3, o3, &tl, "bad label, top_k_probabilities only");
+    r3.outputs = OIP_OUT_PROBABILITIES;
+    resp_compare(m, "m", "1", &r3, o3, &tl, "bad label, probabilities only");
+    CHECK(tl.failed == 2 && tl.ok == 1 && tl.differ == 0);
+    info->labels[1] = saved;
+    model_free(m);
+}
+
+static void test_response_differential(void)
+{
+    uint64_t seed = test_seed();
+    struct rng g = {seed ^ 0x726573706f6e7365ULL};
+    fprintf(stderr, "     responses: seed %llu (OIP_FAST_SEED)\n", (unsigned long long)seed);
+    /* A pool of models: classifiers with labels that need escaping (some long, to outgrow the
+     * first guess at the size), one with the default labels, regressors. */
+    enum { N_MODELS = 7 };
+    static const size_t sizes[N_MODELS] = {2, 3, 10, 37, 5, 1, 64};
+    static const bool cls[N_MODELS] = {true, true, true, true, true, false, false};
+    struct model *models[N_MODELS];
+    struct sb s = {0}, id = {0}, name = {0};
+    for (int k = 0; k < N_MODELS; k++) {
+        char **labels = calloc(sizes[k], sizeof *labels);
+        for (size_t i = 0; i < sizes[k]; i++) {
+            random_text(&g, &s, rng_below(&g, 8) == 0 ? 60 : 6, false);
+            sb_printf(&s, "#%zu", i); /* unique, 1 to 256 bytes */
+            labels[i] = strdup(s.s);
+        }
+        models[k] = resp_model(cls[k], sizes[k], k == 4 ? NULL : labels);
+        for (size_t i = 0; i < sizes[k]; i++)
+            free(labels[i]);
+        free(labels);
+    }
+    const int cases = test_quick() ? 400 : 6000;
+    struct resp_tally t = {0};
+    size_t invalid_id = 0, nonfinite = 0, bad_labels = 0;
+    for (int c = 0; c < cases && t.differ < 5; c++) {
+        int k = (int)rng_below(&g, N_MODELS);
+        const struct model_info *info = model_get_info(models[k]);
+        size_t O = info->out_size, B = 1 + rng_below(&g, rng_below(&g, 8) == 0 ? 40 : 4);
+        struct oip_request req = {.batch = B};
+        if (info->task == MODEL_TASK_CLASSIFICATION) {
+            while (req.outputs == 0)
+                req.outputs = (unsigned)rng_below(&g, 32);
+            if ((req.outputs & (OIP_OUT_TOP_K_LABELS | OIP_OUT_TOP_K_PROBABILITIES)) ||
+                rng_below(&g, 4) == 0)
+                req.top_k = (int)rng_below(&g, O + 1); /* 0 only in hand-made requests */
+        } else {
+            req.outputs = OIP_OUT_OUTPUT;
+        }
+        if (rng_below(&g, 6) != 0) {
+            bool bad = rng_below(&g, 5) == 0;
+            random_text(&g, &id, 40, bad);
+            req.id = id.s;
+            invalid_id += bad;
+        }
+        const char *model_name = "model-1", *version = "1";
+        if (rng_below(&g, 10) == 0) {
+            random_text(&g, &name, 12, rng_below(&g, 4) == 0);
+            model_name = name.s;
+        }
+        if (rng_below(&g, 200) == 0)
+            model_name = NULL; /* json_pack("s") refuses NULL */
+        if (rng_below(&g, 20) == 0)
+            version = "12345";
+        float *out = malloc(B * O * sizeof *out);
+        if (out == NULL)
+            abort();
+        if (info->task == MODEL_TASK_CLASSIFICATION && rng_below(&g, 2) == 0) {
+            random_probabilities(&g, out, B, O);
+        } else {
+            for (size_t i = 0; i < B * O; i++)
+                out[i] = random_output_float(&g);
+        }
+        if (rng_below(&g, 30) == 0) {
+            static const float nf[] = {NAN, -NAN, INFINITY, -INFINITY};
+            size_t at = rng_below(&g, B * O);
+            out[at] = nf[rng_below(&g, 4)];
+            nonfinite++;
+        }
+        char *saved = NULL, badlabel[16];
+        size_t patched = 0;
+        if (info->task == MODEL_TASK_CLASSIFICATION && rng_below(&g, 25) == 0) {
+            patched = rng_below(&g, O);
+            saved = info->labels[patched];
+            snprintf(badlabel, sizeof badlabel, "L%s",
+                     bad_utf8[rng_below(&g, sizeof bad_utf8 / sizeof bad_utf8[0])]);
+            info->labels[patched] = badlabel;
+            bad_labels++;
+        }
+        char what[64];
+        snprintf(what, sizeof what, "case %d (seed %llu)", c, (unsigned long long)seed);
+        resp_compare(models[k], model_name, version, &req, out, &t, what);
+        if (saved != NULL)
+            info->labels[patched] = saved;
+        free(out);
+    }
+    CHECK_MSG(t.differ == 0, "%zu cases differ (the run stops at 5; seed %llu)", t.differ,
+              (unsigned long long)seed);
+    /* Both outcomes must be exercised, or the comparison proves little. */
+    CHECK(t.ok > (size_t)cases / 2 && t.failed > (size_t)cases / 50);
+    fprintf(stderr,
+            "     responses: %d cases, %zu written, %zu failing in both paths (%zu ids not "
+            "UTF-8, %zu non-finite outputs, %zu labels not UTF-8)\n",
+            cases, t.ok, t.failed, invalid_id, nonfinite, bad_labels);
+    for (int k = 0; k < N_MODELS; k++)
+        model_free(models[k]);
+    free(s.s);
+    free(id.s);
+    free(name.s);
+}
+
+/*
+ * Numbers in bulk: a regressor's output of 1000 values a response. With OIP_RESP_ALL_FLOATS=1
+ * in the environment, every finite float instead (2^32 bit patterns through both paths; hours,
+ * not part of the suite).
+ */
+static void test_response_floats(void)
+{
+    enum { D = 1000, ROWS = 4 };
+    struct model *m = resp_model(false, D, NULL);
+    struct rng g = {test_seed() ^ 0x666c6f617473ULL};
+    float *out = malloc(ROWS * D * sizeof *out);
+    if (out == NULL)
+        abort();
+    struct oip_request req = {.batch = ROWS, .outputs = OIP_OUT_OUTPUT};
+    struct resp_tally t = {0};
+    const char *all = getenv("OIP_RESP_ALL_FLOATS");
+    if (all != NULL && all[0] == '1') {
+        for (uint64_t u = 0; u < ((uint64_t)1 << 32) && t.differ < 5;) {
+            size_t n = 0;
+            for (; n < ROWS * D && u < ((uint64_t)1 << 32); u++) {
+                uint32_t bits = (uint32_t)u;
+                memcpy(&out[n], &bits, sizeof bits);
+                n += isfinite(out[n]) ? 1 : 0;
+            }
+            for (; n < ROWS * D; n++)
+                out[n] = 0.0f;
+            resp_compare(m, "m", "1", &req, out, &t, "every float");
+            if ((u & 0xFFFFFFF) < ROWS * D)
+                fprintf(stderr, "     every float: up to %#llx\n", (unsigned long long)u);
+        }
+    } else {
+        const int responses = test_quick() ? 20 : 250;
+        for (int r = 0; r < responses && t.differ < 5; r++) {
+            for (size_t i = 0; i < ROWS * D; i++)
+                out[i] = random_output_float(&g);
+            resp_compare(m, "m", "1", &req, out, &t, "floats");
+        }
+    }
+    CHECK_MSG(t.differ == 0 && t.failed == 0 && t.ok > 0, "%zu responses differ", t.differ);
+    fprintf(stderr, "     floats: %zu values in %zu responses\n", t.ok * ROWS * D, t.ok);
+    free(out);
+    model_free(m);
+}
+
+/* ------------------------------------------------------------------------------------------
  * Micro-benchmark (printed, not asserted)
  * ---------------------------------------------------------------------------------------- */
 
@@ -1326,6 +1800,28 @@ static void test_bench(void)
         json_decref(doc);
     });
     free(out);
+
+    /* Responses: a 10-class classifier, batch 1, probabilities and label. */
+    struct model *m = resp_model(true, 10, NULL);
+    float p[10];
+    random_probabilities(&g, p, 1, 10);
+    struct oip_request req = {.id = "bench-1", .batch = 1};
+    req.outputs = OIP_OUT_PROBABILITIES | OIP_OUT_LABEL;
+    BENCH("oip_response_encode (10 classes, direct)", 20000, {
+        char *text = NULL;
+        size_t len = 0, json_len = 0;
+        if (oip_response_encode(m, "bench", "1", &req, p, &text, &len, &json_len) == INF_OK)
+            sink += len;
+        free(text);
+    });
+    BENCH("oip_response_build + json_dump_checked", 20000, {
+        json_t *res = oip_response_build(m, "bench", "1", &req, p);
+        char *text = json_dump_checked(res, RESP_FLAGS);
+        sink += text ? strlen(text) : 0;
+        free(text);
+        json_decref(res);
+    });
+    model_free(m);
     (void)sink;
     free(b.s);
 }
@@ -1340,6 +1836,9 @@ int main(void)
     RUN(test_tokens);
     RUN(test_differential);
     RUN(test_fuzz);
+    RUN(test_response_examples);
+    RUN(test_response_differential);
+    RUN(test_response_floats);
     RUN(test_bench);
     return test_finish();
 }
