@@ -1807,14 +1807,15 @@ static void test_bench(void)
     random_probabilities(&g, p, 1, 10);
     struct oip_request req = {.id = "bench-1", .batch = 1};
     req.outputs = OIP_OUT_PROBABILITIES | OIP_OUT_LABEL;
-    BENCH("oip_response_encode (10 classes, direct)", 20000, {
+    const int resp_iters = test_quick() ? 100 : 5000;
+    BENCH("oip_response_encode (10 classes, direct)", resp_iters, {
         char *text = NULL;
         size_t len = 0, json_len = 0;
         if (oip_response_encode(m, "bench", "1", &req, p, &text, &len, &json_len) == INF_OK)
             sink += len;
         free(text);
     });
-    BENCH("oip_response_build + json_dump_checked", 20000, {
+    BENCH("oip_response_build + json_dump_checked", resp_iters, {
         json_t *res = oip_response_build(m, "bench", "1", &req, p);
         char *text = json_dump_checked(res, RESP_FLAGS);
         sink += text ? strlen(text) : 0;
