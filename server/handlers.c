@@ -3,6 +3,7 @@
  * explain, the repository extension, metrics.
  */
 #include <openssl/evp.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,18 @@ enum MHD_Result handle_infer(struct request *rq)
         res = http_respond_error(rq, http_status_of(rc), "%s", e.msg);
         goto out;
     }
+    /* JSON has no NaN or infinity: a model that produced one is the server's fault, not the
+     * client's, and the client should hear that rather than "out of memory". */
+    size_t n_out = req.batch * model_get_info(v->model)->out_size;
+    for (size_t i = 0; i < n_out; i++)
+        if (!isfinite(out[i])) {
+            res = http_respond_error(rq, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                     "model %.128s version %s produced a non-finite output (NaN "
+                                     "or infinity) at row %zu, output %zu",
+                                     v->name, vs, i / model_get_info(v->model)->out_size,
+                                     i % model_get_info(v->model)->out_size);
+            goto out;
+        }
     char *resp = NULL;
     size_t resp_len = 0, resp_json = 0;
     if (oip_response_encode(v->model, v->name, vs, &req, out, &resp, &resp_len, &resp_json) !=

@@ -658,19 +658,60 @@ static int append_new(json_t *arr, json_t *v)
     return json_array_append_new(arr, v);
 }
 
-/* Indices of the k largest of p (C), largest first (ties: lower index first). */
+/* Whether class a ranks before class b: the larger value, ties to the lower index; NaN after
+ * every number. */
+static bool ranks_before(const float *p, size_t a, size_t b)
+{
+    if (isnan(p[a]) || isnan(p[b]))
+        return !isnan(p[a]) || (isnan(p[b]) && a < b);
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
+
+/* Restores the heap idx[0..n) (the class ranking last at the root) below position i. */
+static void heap_sift(const float *p, size_t *idx, size_t n, size_t i)
+{
+    for (;;) {
+        size_t worst = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && ranks_before(p, idx[worst], idx[l]))
+            worst = l;
+        if (r < n && ranks_before(p, idx[worst], idx[r]))
+            worst = r;
+        if (worst == i)
+            return;
+        size_t t = idx[i];
+        idx[i] = idx[worst];
+        idx[worst] = t;
+        i = worst;
+    }
+}
+
+/*
+ * Indices of the k (1..C) largest of p (C), largest first (ties: lower index first; NaN last).
+ * O(C log k) with no allocation: idx itself holds a heap of the best k seen, then is sorted
+ * (a request may ask for top_k up to the number of classes, which may be 100,000).
+ */
 static void top_k_indices(const float *p, size_t C, int k, size_t *idx)
 {
-    for (int j = 0; j < k; j++) {
-        size_t best = SIZE_MAX;
-        for (size_t c = 0; c < C; c++) {
-            bool taken = false;
-            for (int q = 0; q < j; q++)
-                taken = taken || idx[q] == c;
-            if (!taken && (best == SIZE_MAX || p[c] > p[best]))
-                best = c;
+    size_t n = 0, K = (size_t)k;
+    for (size_t c = 0; c < C; c++) {
+        if (n < K) {
+            idx[n++] = c;
+            if (n == K)
+                for (size_t i = K / 2; i-- > 0;)
+                    heap_sift(p, idx, K, i);
+        } else if (ranks_before(p, c, idx[0])) {
+            idx[0] = c;
+            heap_sift(p, idx, K, 0);
         }
-        idx[j] = best;
+    }
+    if (n < K) /* k > C: not reached (the parser caps top_k at C) */
+        for (size_t i = n / 2; i-- > 0;)
+            heap_sift(p, idx, n, i);
+    for (size_t m = n; m > 1; m--) { /* heap sort: the last-ranked moves to the end */
+        size_t t = idx[0];
+        idx[0] = idx[m - 1];
+        idx[m - 1] = t;
+        heap_sift(p, idx, m - 1, 0);
     }
 }
 
@@ -1206,9 +1247,10 @@ int oip_response_encode(const struct model *m, const char *model_name, const cha
             if (append_binary(t, &bin, &blen, &bcap) != INF_OK)
                 goto out;
             json_object_del(t, "data");
-            json_object_set_new(
-                t, "parameters",
-                json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before)));
+            if (json_object_set_new(
+                    t, "parameters",
+                    json_pack("{s:I}", "binary_data_size", (json_int_t)(blen - before))) != 0)
+                goto out; /* a 200 without binary_data_size could not be parsed */
         }
     }
     text = json_dump_checked(res, JSON_COMPACT | JSON_REAL_PRECISION(9));

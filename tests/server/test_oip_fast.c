@@ -1575,6 +1575,72 @@ static void test_response_examples(void)
     model_free(m);
 }
 
+static double now_us(void);
+
+/* The k largest first, ties to the lower index: the order top_k must give. */
+static const float *rank_p;
+static int rank_cmp(const void *a, const void *b)
+{
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    if (rank_p[i] != rank_p[j])
+        return rank_p[i] > rank_p[j] ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
+/*
+ * top_k up to the number of classes on a 20,000-class model (many ties): the order of every
+ * label and probability is the full ranking, and it takes O(C log k), not the O(k^2 C) it once
+ * took (a request could hold a worker for hours).
+ */
+static void test_response_top_k_large(void)
+{
+    enum { C = 20000 };
+    struct model *m = resp_model(true, C, NULL);
+    const struct model_info *info = model_get_info(m);
+    float *out = malloc(C * sizeof *out);
+    size_t *order = malloc(C * sizeof *order);
+    struct rng g = {12345};
+    for (size_t i = 0; i < C; i++) {
+        out[i] = (float)rng_below(&g, 300) / 300.0f; /* about 67 ties per value */
+        order[i] = i;
+    }
+    rank_p = out;
+    qsort(order, C, sizeof *order, rank_cmp);
+    static const int ks[] = {1, 3, 100, C};
+    for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
+        struct oip_request req = {.batch = 1,
+                                  .outputs = OIP_OUT_TOP_K_LABELS | OIP_OUT_TOP_K_PROBABILITIES,
+                                  .top_k = ks[t]};
+        char *buf = NULL;
+        size_t len = 0, jl = 0;
+        double t0 = now_us();
+        CHECK(oip_response_encode(m, "big", "1", &req, out, &buf, &len, &jl) == INF_OK);
+        double secs = (now_us() - t0) * 1e-6;
+        json_t *doc = buf != NULL ? json_loadb(buf, len, 0, NULL) : NULL;
+        const json_t *labels =
+            json_object_get(json_array_get(json_object_get(doc, "outputs"), 0), "data");
+        const json_t *probs =
+            json_object_get(json_array_get(json_object_get(doc, "outputs"), 1), "data");
+        CHECK_MSG(json_array_size(labels) == (size_t)ks[t] &&
+                      json_array_size(probs) == (size_t)ks[t],
+                  "top_k %d: %zu labels, %zu probabilities", ks[t], json_array_size(labels),
+                  json_array_size(probs));
+        size_t wrong = 0;
+        for (size_t j = 0; j < json_array_size(labels) && j < json_array_size(probs); j++) {
+            const char *l = json_string_value(json_array_get(labels, j));
+            wrong += l == NULL || strcmp(l, info->labels[order[j]]) != 0 ||
+                     (float)json_real_value(json_array_get(probs, j)) != out[order[j]];
+        }
+        CHECK_MSG(wrong == 0, "top_k %d: %zu entries out of rank order", ks[t], wrong);
+        fprintf(stderr, "     top_k %d of %d classes: %.1f ms\n", ks[t], C, secs * 1e3);
+        json_decref(doc);
+        free(buf);
+    }
+    free(order);
+    free(out);
+    model_free(m);
+}
+
 static void test_response_differential(void)
 {
     uint64_t seed = test_seed();
@@ -1839,6 +1905,7 @@ int main(void)
     RUN(test_fuzz);
     RUN(test_response_examples);
     RUN(test_response_differential);
+    RUN(test_response_top_k_large);
     RUN(test_response_floats);
     RUN(test_bench);
     return test_finish();

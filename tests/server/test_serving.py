@@ -68,6 +68,41 @@ def test_concurrent_clients_get_their_own_answers():
         assert counts and counts["+Inf"] > counts["1"], counts
 
 
+def safetensors_f32(tensors):
+    """The safetensors bytes of {name: (shape, [floats])}, F32, in the given order."""
+    header, data = {}, b""
+    for name, (shape, values) in tensors.items():
+        raw = struct.pack("<%df" % len(values), *values)
+        header[name] = {"dtype": "F32", "shape": shape,
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def test_non_finite_model_output_is_a_500_that_says_so():
+    """A model whose weights make NaN or infinity (JSON has neither) answers 500 naming the
+    model and the output, not 503 "out of memory"; the server goes on serving."""
+    config = json.dumps({"task": "regression", "input": {"shape": [2]},
+                         "layers": [{"type": "Linear", "in_features": 2, "out_features": 2}]})
+    for bad in (float("nan"), float("inf")):
+        weights = safetensors_f32({"0.weight": ([2, 2], [1.0, 0.0, 0.0, 1.0]),
+                                   "0.bias": ([2], [0.0, bad])})
+        with Server(models=trained_repo()) as s:
+            load = {"parameters": {"config": config, "file:weights.safetensors":
+                                   base64.b64encode(weights).decode()}}
+            st, body = s.post("/v2/repository/models/bad/load", load)
+            assert st == 200, body
+            req = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2],
+                               "data": [1.0, 2.0]}]}
+            st, body = s.post("/v2/models/bad/infer", req)
+            assert st == 500 and "non-finite output" in body["error"], (st, body)
+            assert "row 0, output 1" in body["error"], body
+            st, body = s.post("/v2/models/digits/infer", digits_request(digits_rows(1)))
+            assert st == 200, body
+
+
 def test_replace_under_load_loses_no_request():
     repo = trained_repo()
     with open(os.path.join(repo, "digits", "model.json")) as f:
