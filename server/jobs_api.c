@@ -534,6 +534,7 @@ out:
 struct metadata_filter {
     json_t *pairs; /* k -> v strings */
     bool none;     /* metadata=null */
+    bool oom;      /* a filter could not be stored */
     char bad[ERR_MSG_MAX];
 };
 
@@ -567,8 +568,12 @@ static enum MHD_Result metadata_arg(void *cls, enum MHD_ValueKind kind, const ch
         snprintf(f->bad, sizeof f->bad, "metadata[%.64s]: the value is not UTF-8", k);
         return MHD_YES;
     }
-    if (json_object_get(f->pairs, k) != NULL || json_object_set_new(f->pairs, k, v) != 0)
+    if (json_object_get(f->pairs, k) != NULL) {
+        json_decref(v); /* not handed over: ours to free */
         snprintf(f->bad, sizeof f->bad, "metadata[%.64s]: given twice", k);
+    } else if (json_object_set_new(f->pairs, k, v) != 0) { /* steals v either way */
+        f->oom = true;
+    }
     return MHD_YES;
 }
 
@@ -583,8 +588,12 @@ enum MHD_Result handle_jobs_list(struct request *rq)
         return res;
     struct metadata_filter f = {.pairs = json_object()};
     if (f.pairs == NULL)
-        return http_respond_error(rq, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        return http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
     MHD_get_connection_values(rq->conn, MHD_GET_ARGUMENT_KIND, metadata_arg, &f);
+    if (f.oom) {
+        json_decref(f.pairs);
+        return http_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
+    }
     if (f.bad[0] == '\0' && f.none && json_object_size(f.pairs) > 0)
         snprintf(f.bad, sizeof f.bad, "metadata: null and metadata[key] filters together");
     if (f.bad[0] != '\0') {
