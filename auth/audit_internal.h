@@ -55,16 +55,19 @@ struct audit_line {
 int audit_line_flat(const json_t *rec, struct audit_line *out, struct err *e);
 
 /*
- * The line of the working record rec (from the writer's record_new): audit_line_flat, or for a
- * record with reals or nested values, "seq" and "mac" set on rec and json_dump_checked. Returns
- * INF_OK and sets *out; INF_EINVAL if a string is not UTF-8 (audit_line_err_invalid's message),
- * INF_ELIMIT if the line could pass AUDIT_LINE_MAX once its seq is in (audit_line_err_long's),
- * INF_ENOMEM.
+ * The line of any record rec the jansson way: "seq" and "mac" set on rec (which is changed),
+ * json_dump_checked, the placeholders' offsets found in the text. Returns INF_OK and sets *out;
+ * INF_EINVAL if a string is not UTF-8, INF_ELIMIT if the line could pass AUDIT_LINE_MAX once its
+ * seq is in (audit_line_err_long's message), INF_ENOMEM.
  */
+int audit_line_dump(json_t *rec, struct audit_line *out, struct err *e);
+
+/* The line of the working record rec (from the writer's record_new): audit_line_flat, else
+ * (reals, nested values) audit_line_dump. Returns as audit_line_dump. */
 int audit_line_prepare(json_t *rec, struct audit_line *out, struct err *e);
 
-/* The two errors above, one wording wherever they are raised. Return the status. */
-int audit_line_err_invalid(struct err *e);
+/* "the audit record is longer than AUDIT_LINE_MAX bytes": one wording wherever it is raised.
+ * Returns INF_ELIMIT. */
 int audit_line_err_long(struct err *e);
 
 /* "audit-%06u.jsonl" into out (cap bytes). */

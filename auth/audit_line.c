@@ -59,7 +59,7 @@ struct flat_member {
     json_int_t integer; /* FLAT_INTEGER: the value */
 };
 
-int audit_line_err_invalid(struct err *e)
+static int audit_line_err_invalid(struct err *e)
 {
     return err_set(e, INF_EINVAL, "the audit record cannot be serialised (invalid UTF-8?)");
 }
@@ -290,11 +290,8 @@ out:
 
 /* See audit_internal.h. Keys are restricted and quotes in strings escaped, so in jansson's text
  * the first "mac":" and "seq": are the members. */
-int audit_line_prepare(json_t *rec, struct audit_line *out, struct err *e)
+int audit_line_dump(json_t *rec, struct audit_line *out, struct err *e)
 {
-    int rc = audit_line_flat(rec, out, e);
-    if (rc != AUDIT_LINE_NOT_FLAT)
-        return rc;
     char zeros[AUDIT_MAC_HEX + 1];
     memset(zeros, '0', AUDIT_MAC_HEX);
     zeros[AUDIT_MAC_HEX] = '\0';
@@ -320,4 +317,10 @@ int audit_line_prepare(json_t *rec, struct audit_line *out, struct err *e)
     out->mac_off = (size_t)(m - s) + 7;
     out->seq_off = (size_t)(q - s) + 6;
     return INF_OK;
+}
+
+int audit_line_prepare(json_t *rec, struct audit_line *out, struct err *e)
+{
+    int rc = audit_line_flat(rec, out, e);
+    return rc != AUDIT_LINE_NOT_FLAT ? rc : audit_line_dump(rec, out, e);
 }

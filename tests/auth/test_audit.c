@@ -659,37 +659,14 @@ static bool record_is_flat(const json_t *rec)
     return true;
 }
 
-/* What audit_line_prepare did before audit_line_flat: "seq" and "mac" set on (a copy of) the
- * record, json_dump_checked, the offsets found with strstr. Same contract as audit_line_prepare. */
+/* What audit_line_prepare did before audit_line_flat, on a copy of the record: the jansson way
+ * (audit_line_dump). Same contract as audit_line_prepare; rec is not changed. */
 static int reference_prepare(struct audit_line *it, const json_t *rec, struct err *e)
 {
-    char zeros[AUDIT_MAC_HEX + 1];
-    memset(zeros, '0', AUDIT_MAC_HEX);
-    zeros[AUDIT_MAC_HEX] = '\0';
     json_t *c = copy_keys(rec);
-    if (json_object_set_new(c, "seq", json_integer(0)) != 0 ||
-        json_object_set_new(c, "mac", json_string(zeros)) != 0)
-        die("reference_prepare");
-    char *s = json_dump_checked(c, AUDIT_DUMP_FLAGS);
+    int rc = audit_line_dump(c, it, e);
     json_decref(c);
-    if (s == NULL)
-        return audit_line_err_invalid(e);
-    size_t len = strlen(s);
-    const char *m = strstr(s, "\"mac\":\"");
-    const char *q = strstr(s, "\"seq\":0");
-    if (len + 20 + 1 > AUDIT_LINE_MAX) {
-        free(s);
-        return audit_line_err_long(e);
-    }
-    if (m == NULL || q == NULL || m > q) {
-        free(s);
-        return err_set(e, INF_EINVAL, "the audit record has no mac or seq member");
-    }
-    it->text = s;
-    it->len = len;
-    it->mac_off = (size_t)(m - s) + 7;
-    it->seq_off = (size_t)(q - s) + 6;
-    return INF_OK;
+    return rc;
 }
 
 /* Whether every key of rec is UTF-8 (json_stringn checks, as jansson's setters do). */
