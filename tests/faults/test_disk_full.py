@@ -204,34 +204,28 @@ def test_disk_full_state_writes_audit_elsewhere():
         filler = os.path.join(mnt, "filler")
         fill(filler)
         acked, refused = {}, []
+
+        def tally(op, kind, st, out, ok):
+            """One answer on the full disk: ok (acknowledged, kept) or 507 with a JSON error
+            (507: not the client's fault)."""
+            STATS["answers"].append({"op": op, "status": st})
+            assert st in (ok, 507), (st, out)
+            assert isinstance(out, dict) and "error" in out or st == ok, (st, out)
+            if st == ok:
+                acked[kind + ":" + out["id"]] = out
+            else:
+                refused.append((kind, st))
+
         # Each state write meets ENOSPC; several times each (the last bytes may let one in).
         for i in range(3):
             st, out = srv.post("/v1/keys", {"name": "full-%d" % i, "scopes": ["infer"]})
-            STATS["answers"].append({"op": "create key", "status": st})
-            assert st in (201, 507), (st, out)  # 507: not the client's fault
-            assert isinstance(out, dict) and "error" in out or st == 201, (st, out)
-            if st == 201:
-                acked["key:" + out["id"]] = out
-            else:
-                refused.append(("key", st))
+            tally("create key", "key", st, out, 201)
             st, out, _ = upload(srv, TRAIN)
-            STATS["answers"].append({"op": "upload", "status": st})
-            assert st in (200, 507), (st, out)
-            assert isinstance(out, dict) and "error" in out or st == 200, (st, out)
-            if st == 200:
-                acked["file:" + out["id"]] = out
-            else:
-                refused.append(("file", st))
+            tally("upload", "file", st, out, 200)
             st, out = srv.post("/v1/fine_tuning/jobs",
                                {"model": "reg", "training_file": file1["id"],
                                 "suffix": "full%d" % i})
-            STATS["answers"].append({"op": "create job", "status": st})
-            assert st in (200, 507), (st, out)
-            assert isinstance(out, dict) and "error" in out or st == 200, (st, out)
-            if st == 200:
-                acked["job:" + out["id"]] = out
-            else:
-                refused.append(("job", st))
+            tally("create job", "job", st, out, 200)
             assert srv.proc.poll() is None, srv.read_log()[-3000:]
         # keys.json is either as before or a complete newer version: never torn.
         with open(os.path.join(data, "keys.json"), "rb") as f:
