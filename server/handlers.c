@@ -243,14 +243,13 @@ enum MHD_Result handle_infer(struct request *rq)
     }
     /* JSON has no NaN or infinity: a model that produced one is the server's fault, not the
      * client's, and the client should hear that rather than "out of memory". */
-    size_t n_out = req.batch * model_get_info(v->model)->out_size;
-    for (size_t i = 0; i < n_out; i++)
+    size_t n_cols = model_get_info(v->model)->out_size;
+    for (size_t i = 0; i < req.batch * n_cols; i++)
         if (!isfinite(out[i])) {
             res = http_respond_error(rq, MHD_HTTP_INTERNAL_SERVER_ERROR,
                                      "model %.128s version %s produced a non-finite output (NaN "
                                      "or infinity) at row %zu, output %zu",
-                                     v->name, vs, i / model_get_info(v->model)->out_size,
-                                     i % model_get_info(v->model)->out_size);
+                                     v->name, vs, i / n_cols, i % n_cols);
             goto out;
         }
     char *resp = NULL;
