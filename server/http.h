@@ -55,11 +55,12 @@ struct server_options {
     char tls_key[4096];
     char master_key_file[4096]; /* default: <data-dir>/master.key */
     size_t audit_segment_bytes;
-    char audit_dir[4096];      /* default <data-dir>/audit; one per replica */
-    size_t max_file_bytes;     /* an uploaded training file (POST /v1/files body) */
-    size_t max_file_lines;     /* examples in one training file */
-    unsigned train_workers;    /* fine-tuning jobs running at once */
-    unsigned max_jobs_per_key; /* queued + running jobs of one key (429 above) */
+    char audit_dir[4096];        /* default <data-dir>/audit; one per replica */
+    size_t max_file_bytes;       /* an uploaded training file (POST /v1/files body) */
+    size_t max_file_lines;       /* examples in one training file */
+    unsigned train_workers;      /* fine-tuning jobs running at once */
+    unsigned train_busy_percent; /* wall-clock share of a job while requests run (train_gate.h) */
+    unsigned max_jobs_per_key;   /* queued + running jobs of one key (429 above) */
     struct oip_limits limits;
 };
 
@@ -86,7 +87,8 @@ struct server {
     uint16_t port;
     atomic_bool ready; /* started, initial scan done, not draining */
     atomic_bool draining;
-    atomic_long inflight; /* requests between their first byte and their completion */
+    atomic_long inflight;         /* requests between their first byte and their completion */
+    atomic_llong last_request_ns; /* CLOCK_MONOTONIC start of the newest request (train_gate.h) */
     atomic_ulong next_id;
 };
 

@@ -60,6 +60,8 @@
 #include "files.h"
 #include "http.h"
 #include "jobs.h"
+#include "metrics.h"
+#include "train_gate.h"
 
 #define JOB_KEEP_CHECKPOINTS 3
 #define JOB_MAX_JSON         ((size_t)64 << 20)
@@ -527,14 +529,47 @@ struct run_ctx {
     size_t hp_batch;
     bool failed; /* persisting an epoch failed */
     struct job_error err;
+    struct train_gate gate; /* pauses between batches while the server answers requests */
 };
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Called before every batch: the gate's pause while the server is busy (train_gate.h), in
+ * slices of at most 5 ms so that cancel and shutdown still take effect within one batch and
+ * the pause ends as soon as the server is idle. */
 static bool run_should_cancel(void *user)
 {
     struct run_ctx *c = user;
-    /* No sched_yield() here: the worker runs at nice 10, so the scheduler already lets
-     * inference threads in; yielding on every batch only cost training throughput when
-     * other processes compete (measured: -25% on digits on a loaded 2-core machine). */
+    struct server *srv = c->q->cfg.srv;
+    /* No sched_yield() here: the worker runs under SCHED_IDLE, so the scheduler already lets
+     * request threads in; yielding on every batch only cost training throughput when other
+     * processes compete (measured: -25% on digits on a loaded 2-core machine). */
+    int64_t now = mono_ns();
+    int64_t pause = train_gate_pause(&c->gate, now, atomic_load(&srv->inflight),
+                                     atomic_load(&srv->last_request_ns));
+    int64_t paused_from = now;
+    while (pause > 0 && !atomic_load(&c->j->cancel) && !atomic_load(&c->q->stopping)) {
+        int64_t slice = pause < 5000000 ? pause : 5000000;
+        struct timespec ts = {0, (long)slice};
+        nanosleep(&ts, NULL);
+        int64_t t = mono_ns();
+        pause -= t - now;
+        now = t;
+        if (train_gate_idle(&c->gate, now, atomic_load(&srv->inflight),
+                            atomic_load(&srv->last_request_ns)))
+            break;
+    }
+    if (now > paused_from)
+        metrics_counter_add(srv->metrics, "infera_training_paused_seconds",
+                            "Seconds fine-tuning jobs paused between batches for requests "
+                            "(--train-busy-percent)",
+                            NULL, NULL, (double)(now - paused_from) / 1e9);
+    train_gate_start(&c->gate, now);
     return atomic_load(&c->j->cancel) || atomic_load(&c->q->stopping);
 }
 
@@ -722,7 +757,8 @@ static int run_finish(struct run_ctx *c, struct model *m)
 
 static void run_job(struct job_queue *q, struct job *j)
 {
-    struct run_ctx c = {q, j, "", NULL, 0, 0, 0, false, {"", "", ""}};
+    struct run_ctx c = {q, j, "",    NULL,         0,
+                        0, 0, false, {"", "", ""}, train_gate_init(q->cfg.busy_percent)};
     struct job_train_input in = {0};
     /* Copy what the run needs while the lock is held (the doc is rewritten meanwhile). */
     pthread_mutex_lock(&q->lock);

@@ -28,6 +28,8 @@ struct job_queue_config {
     struct server *srv;          /* registry, files, audit (guard_event), metrics; borrowed */
     unsigned workers;            /* jobs running at once; 0: jobs queue but never run */
     unsigned max_jobs_per_key;   /* queued + running jobs of one key */
+    unsigned busy_percent;       /* a job's share of the time while requests run (train_gate.h);
+                                    0 counts as 1, 100 never pauses */
 };
 
 /*

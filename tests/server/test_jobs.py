@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -82,7 +83,9 @@ def wait(s, jid, statuses=TERMINAL, timeout=120):
         if j["status"] in statuses:
             return j
         assert time.time() < deadline, "job %s still %s" % (jid, j["status"])
-        time.sleep(0.02)
+        # Not faster: each poll makes the server busy for 10 ms, when a running job pauses
+        # (--train-busy-percent); polling every 20 ms would halve its speed.
+        time.sleep(0.1)
 
 
 def events(s, jid, **q):
@@ -242,6 +245,49 @@ def test_create_run_get_events_checkpoints_result():
         for path in ("", "/events", "/checkpoints"):
             st, out = s.get("/v1/fine_tuning/jobs/ftjob-doesnotexist000000000000" + path)
             assert st == 404 and error_of(out)["code"] == "not_found", (path, st, out)
+
+
+def paused_seconds(s):
+    """infera_training_paused_seconds_total from /metrics (0 before the first pause)."""
+    st, text, _ = s.request("GET", "/metrics", raw=True)
+    assert st == 200, st
+    m = re.search(r"^infera_training_paused_seconds_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_training_pauses_while_requests_are_served():
+    """--train-busy-percent: while a request is in flight a running job computes that share of
+    the time and pauses the rest (counted in /metrics); on an idle server it does not pause;
+    cancel still stops a pausing job at once."""
+    with Server(models=repo(), args=["--train-busy-percent", "1"]) as s:
+        fid = upload(s, read(DIGITS_TRAIN))
+        long = create(s, {"model": "digits", "training_file": fid,
+                          "hyperparameters": {"n_epochs": 1000, "batch_size": 4}})
+        wait(s, long["id"], ("running",))
+        time.sleep(0.5)
+        # Idle: two reads of /metrics 1.5 s apart; only their own 10 ms windows count as busy.
+        p0 = paused_seconds(s)
+        time.sleep(1.5)
+        p1 = paused_seconds(s)
+        assert p1 - p0 < 0.5, (p0, p1)
+        # Busy: a request that stays in flight (headers sent, body not finished) for 2 s.
+        held = socket.create_connection(("127.0.0.1", s.port))
+        held.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                     b"Bearer " + s.token.encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"inputs\": [")
+        time.sleep(2.0)
+        p2 = paused_seconds(s)
+        assert p2 - p1 >= 1.0, (p1, p2)
+        # A pausing job still cancels at once, and the held request is unharmed by it.
+        t0 = time.time()
+        st, out = s.post("/v1/fine_tuning/jobs/%s/cancel" % long["id"])
+        assert st == 200 and out["status"] == "cancelled", (st, out)
+        assert time.time() - t0 < 5 * SLOW, time.time() - t0
+        held.sendall(b" " * (1000 - len(b"{\"inputs\": [")))
+        resp = held.recv(65536)
+        held.close()
+        assert resp.startswith(b"HTTP/1.1 400"), resp[:200]
+        assert job(s, long["id"])["status"] == "cancelled"
 
 
 def test_list_pagination_newest_first():
