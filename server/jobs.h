@@ -167,10 +167,10 @@ struct job_train_input {
     const char *training_file;
     const char *validation_file; /* NULL: none */
     struct job_hparams hp;
-    /* After each epoch: the stats and the checkpoint (borrowed for the call). Return nonzero
-     * to stop training. */
-    int (*on_epoch)(const struct model_epoch_stats *s, const void *ckpt, size_t ckpt_len,
-                    size_t n_train, void *user);
+    /* After each epoch: the stats and the checkpoint, a malloc'd buffer the callback owns
+     * (frees) from then on, even when it fails. Return nonzero to stop training. */
+    int (*on_epoch)(const struct model_epoch_stats *s, void *ckpt, size_t ckpt_len, size_t n_train,
+                    void *user);
     /* Between batches: true stops training within one batch. */
     bool (*should_cancel)(void *user);
     void *user;

@@ -94,9 +94,7 @@ static int on_epoch(const struct model_epoch_stats *s, void *user)
     size_t len = 0;
     if (model_trainer_checkpoint_serialize(c->tr, &ckpt, &len, &c->e) != INF_OK)
         return 1;
-    int rc = c->in->on_epoch(s, ckpt, len, c->n_train, c->in->user);
-    free(ckpt);
-    return rc;
+    return c->in->on_epoch(s, ckpt, len, c->n_train, c->in->user); /* takes ckpt */
 }
 
 static bool should_cancel(void *user)

@@ -6,6 +6,10 @@ protected route answers 503 once the audit log cannot write, and readiness turns
 already stored read back byte-exact; the server does not die. Removing the filler: readiness
 200 again, an upload works, `infera audit verify` passes.
 
+test_disk_full_while_a_job_trains: a running job's next checkpoint meets ENOSPC (the
+checkpoints are written by a persister thread beside the training): the job fails with a
+message that says so, the server stays up, and after a restart the job is still there.
+
 test_disk_full_state_writes_audit_elsewhere: the audit log on another file system
 (--audit-dir), so requests get past the audit guard and the state writes themselves meet
 ENOSPC: creating a key (keys.json rewritten), uploading a file, creating a job. Each answers
@@ -174,6 +178,68 @@ def test_disk_full_then_recovers():
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
         stop_and_unmount(srv, mnt)
+
+
+def test_disk_full_while_a_job_trains():
+    root = tempfile.mkdtemp(prefix="infera-diskfull-")
+    repo = os.path.join(root, "repo")
+    STATS["cli"] += 1
+    infera("train", "--model", os.path.join(EXAMPLES, "digits", "mlp"), "--data",
+           os.path.join(EXAMPLES, "digits", "train.jsonl"), "--out",
+           os.path.join(repo, "digits"), "--epochs", "1", "--quiet", check=0)
+    mnt = mount_tmpfs("8m")
+    audit = os.path.join(root, "audit")
+    data = os.path.join(mnt, "data")
+    args = ["--audit-dir", audit]
+    srv = None
+    try:
+        srv = CountingServer(models=repo, data_dir=data, args=args)
+        srv.start()
+        token = srv.token
+        st, f, _ = upload(srv, TRAIN)
+        assert st == 200, f
+        st, job = srv.post("/v1/fine_tuning/jobs", {
+            "model": "digits", "training_file": f["id"],
+            "hyperparameters": {"n_epochs": 1000, "batch_size": 4}})
+        assert st == 200, job
+        deadline = time.time() + 60
+        while True:  # a few checkpoints written
+            st, cks = srv.get("/v1/fine_tuning/jobs/%s/checkpoints" % job["id"])
+            assert st == 200, cks
+            if len(cks["data"]) >= 2:
+                break
+            assert time.time() < deadline, "no checkpoints in 60 s"
+            time.sleep(0.1)
+        fill(os.path.join(mnt, "filler"))
+        while True:
+            st, out = srv.get("/v1/fine_tuning/jobs/" + job["id"])
+            assert st == 200, out
+            if out["status"] != "running":
+                break
+            assert time.time() < deadline + 60, "the job kept running on a full disk"
+            time.sleep(0.1)
+        assert out["status"] == "failed", out
+        assert out["fine_tuned_model"] is None, out
+        msg = out["error"]["message"]
+        assert "not written" in msg and "No space left" in msg, out["error"]
+        assert srv.get("/v2/health/live")[0] == 200
+        assert srv.proc.poll() is None, srv.read_log()[-3000:]
+        os.unlink(os.path.join(mnt, "filler"))
+        srv.stop()
+        # The job is not lost: failed (if that state reached the disk) or resumed from its
+        # last checkpoint, which a cancel then stops.
+        srv = CountingServer(models=repo, data_dir=data, args=args)
+        srv.start()
+        srv.token = token
+        st, out = srv.get("/v1/fine_tuning/jobs/" + job["id"])
+        assert st == 200, out
+        if out["status"] != "failed":
+            st, out = srv.post("/v1/fine_tuning/jobs/%s/cancel" % job["id"])
+            assert st == 200 and out["status"] == "cancelled", (st, out)
+        srv.stop()
+    finally:
+        stop_and_unmount(srv, mnt)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_disk_full_state_writes_audit_elsewhere():
