@@ -61,7 +61,7 @@ static void feature_grad(const struct model *m, struct model_workspace *ws, cons
     memset(ws->logits, 0, B * O * sizeof(float));
     for (size_t r = 0; r < B; r++)
         ws->logits[r * O + (size_t)target] = 1.0f;
-    backward_pass(m, ws, ws->logits, B, NULL, grad);
+    backward_pass(m, ws, ws->logits, B, NULL, grad, NULL);
 }
 
 /*

@@ -146,7 +146,7 @@ const float *forward_pass(const struct model *m, struct model_workspace *ws, con
 }
 
 void backward_pass(const struct model *m, struct model_workspace *ws, const float *dout, size_t B,
-                   float *grads, float *dx)
+                   float *grads, float *dx, const struct backward_hook *hook)
 {
     size_t L = m->n_layers;
     /* Without dx, nothing below the first layer with parameters needs a gradient. */
@@ -161,6 +161,7 @@ void backward_pass(const struct model *m, struct model_workspace *ws, const floa
         if (stop == L || grads == NULL)
             return;
     }
+    const bool grads_zero = hook != NULL && hook->grads_zero;
     float *g = ws->grad_a;
     memcpy(g, dout, B * m->info.out_size * sizeof *g);
     for (size_t i = L; i-- > stop;) {
@@ -172,7 +173,10 @@ void backward_pass(const struct model *m, struct model_workspace *ws, const floa
             din = g;
         else
             din = g == ws->grad_a ? ws->grad_b : ws->grad_a;
-        layer_backward(l, m->params, ws->act[i], ws->act[i + 1], g, din, grads, B, ws, i);
+        layer_backward(l, m->params, ws->act[i], ws->act[i + 1], g, din, grads, grads_zero, B, ws,
+                       i);
+        if (hook != NULL && grads != NULL)
+            hook->layer_done(hook->user, l);
         g = din;
     }
 }

@@ -8,7 +8,8 @@
  * Linear layer uses this file's own AVX2/FMA kernels where the CPU has them.
  *
  * Each layer_forward has its layer_backward right below it. Backward overwrites parameter
- * gradients (one backward per optimizer step), it never accumulates across calls.
+ * gradients (one backward per optimizer step), it never accumulates across calls (a Linear
+ * adds into them only when the caller promises zeros: grads_zero).
  */
 #include <cblas.h>
 #include <math.h>
@@ -294,15 +295,17 @@ static void linear_forward(const struct layer *l, const float *params, const flo
     bias_act_rows(y, b, B, (size_t)NO, l->fuse_relu);
 }
 
+/* With grads_zero, dW is accumulated into its zeros (beta = 1): OpenBLAS then skips the pass
+ * that zeroes C for beta = 0. */
 static void linear_backward(const struct layer *l, const float *params, const float *x,
-                            const float *dy, float *dx, float *grads, size_t B)
+                            const float *dy, float *dx, float *grads, bool grads_zero, size_t B)
 {
     const int NI = l->in_features, NO = l->out_features;
     const float *W = params + l->w_off; /* (O, I) */
     if (grads != NULL) {
         float *dW = grads + l->w_off; /* (O, I) = dy^T (O, B) x (B, I) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, NO, NI, (int)B, 1.0f, dy, NO, x, NI,
-                    0.0f, dW, NI);
+                    grads_zero ? 1.0f : 0.0f, dW, NI);
         if (l->b_n) {
             float *db = grads + l->b_off; /* (O) = sum over rows of dy */
             memcpy(db, dy, (size_t)NO * sizeof *db);
@@ -691,13 +694,13 @@ void layer_forward(const struct layer *l, const float *params, const float *wt, 
 }
 
 void layer_backward(const struct layer *l, const float *params, const float *in, const float *out,
-                    const float *dout, float *din, float *grads, size_t B,
+                    const float *dout, float *din, float *grads, bool grads_zero, size_t B,
                     struct model_workspace *ws, size_t li)
 {
     size_t n = B * l->out_size;
     switch (l->type) {
         case LAYER_LINEAR:
-            linear_backward(l, params, in, dout, din, grads, B);
+            linear_backward(l, params, in, dout, din, grads, grads_zero, B);
             break;
         case LAYER_CONV2D:
             conv2d_backward(l, params, in, dout, din, grads, B, ws);

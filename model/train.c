@@ -147,7 +147,7 @@ struct model_trainer {
     const struct model_dataset *train; /* borrowed */
     const struct model_dataset *valid; /* borrowed, may be NULL */
     struct model_workspace *ws;        /* max_batch = batch_size */
-    float *grads;                      /* (n_params) */
+    float *grads;                      /* (n_params) zeros between steps (see Optimizers) */
     float *opt1;                       /* (n_params) Adam exp_avg, or SGD momentum_buffer */
     float *opt2;                       /* (n_params) Adam exp_avg_sq */
     bool opt1_init;                    /* SGD: momentum buffer exists (after the first step) */
@@ -227,59 +227,81 @@ int model_trainer_epochs_done(const struct model_trainer *t)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Optimizers: one fused pass over the flat parameter array, the same arithmetic as
- * torch.optim's single-tensor implementations.
+ * Optimizers: the same arithmetic as torch.optim's single-tensor implementations, element by
+ * element. A step is applied layer by layer inside the backward pass (backward_hook), as soon
+ * as a layer's gradient is final: the gradient is read back while still in cache instead of
+ * after the whole pass, and the first layer, updated last, leaves its weights in cache for the
+ * next forward. Every element's update depends only on its own parameter, gradient and state,
+ * so the order of ranges does not change a bit of the result. (An optimizer that needs every
+ * gradient before any update, such as global gradient-norm clipping, would have to step after
+ * the pass instead.) Each update sets the gradient it consumed back to 0, so t->grads is all
+ * zeros between steps and the backward pass may add into it (backward_hook.grads_zero).
  * ---------------------------------------------------------------------------------------- */
 
-MODEL_HOT static void sgd_step(struct model_trainer *t)
+/* Per-step constants, computed once by optimizer_begin. */
+struct optim_consts {
+    float lr, wd;
+    float mom, damp;    /* SGD */
+    bool sgd_first;     /* SGD with momentum: this step creates the buffer */
+    float b1, b2;       /* Adam */
+    float omb1, omb2;   /* 1 - beta in double, then rounded */
+    float step_size;    /* lr / (1 - beta1^step) */
+    float inv_bc2_sqrt; /* 1 / sqrt(1 - beta2^step) */
+    float eps;
+    float adam_wd; /* L2 term added to the gradient (Adam), 0 for AdamW */
+    float decay;   /* decoupled decay factor (AdamW), 1 for Adam */
+};
+
+/* Parameters [off, off + n) by SGD; zeroes their gradients. */
+MODEL_HOT static void sgd_update(struct model_trainer *t, const struct optim_consts *c, size_t off,
+                                 size_t n)
 {
-    const size_t n = t->m->n_params;
-    float *restrict p = t->m->params;
-    float *restrict buf = t->opt1;
-    const float *restrict g = t->grads;
-    const float lr = (float)t->cfg.learning_rate, wd = (float)t->cfg.weight_decay;
-    const float mom = (float)t->cfg.momentum, damp = 1.0f - (float)t->cfg.dampening;
+    float *restrict p = t->m->params + off;
+    float *restrict buf = t->opt1 + off;
+    float *restrict g = t->grads + off;
+    const float lr = c->lr, wd = c->wd, mom = c->mom, damp = c->damp;
+    const bool nesterov = t->cfg.nesterov;
     if (mom == 0.0f) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             p[i] -= lr * (g[i] + wd * p[i]);
+            g[i] = 0.0f;
+        }
         return;
     }
-    if (!t->opt1_init) { /* torch: the first step's buffer is the gradient itself */
-        for (size_t i = 0; i < n; i++)
+    /* The buffer loops zero g unless Nesterov's update still reads it. */
+    if (c->sgd_first) { /* torch: the first step's buffer is the gradient itself */
+        for (size_t i = 0; i < n; i++) {
             buf[i] = g[i] + wd * p[i];
-        t->opt1_init = true;
+            g[i] = nesterov ? g[i] : 0.0f;
+        }
     } else {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             buf[i] = mom * buf[i] + damp * (g[i] + wd * p[i]);
+            g[i] = nesterov ? g[i] : 0.0f;
+        }
     }
-    if (t->cfg.nesterov) {
-        for (size_t i = 0; i < n; i++)
+    if (nesterov) {
+        for (size_t i = 0; i < n; i++) {
             p[i] -= lr * ((g[i] + wd * p[i]) + mom * buf[i]);
+            g[i] = 0.0f;
+        }
     } else {
         for (size_t i = 0; i < n; i++)
             p[i] -= lr * buf[i];
     }
 }
 
-MODEL_HOT static void adam_step(struct model_trainer *t)
+/* Parameters [off, off + n) by Adam or AdamW; zeroes their gradients. */
+MODEL_HOT static void adam_update(struct model_trainer *t, const struct optim_consts *c, size_t off,
+                                  size_t n)
 {
-    const size_t n = t->m->n_params;
-    float *restrict p = t->m->params;
-    float *restrict m1 = t->opt1;
-    float *restrict m2 = t->opt2;
-    const float *restrict g = t->grads;
-    const double step = (double)t->step; /* already incremented */
-    const float b1 = (float)t->cfg.beta1, b2 = (float)t->cfg.beta2;
-    /* 1 - beta in double, then rounded, as torch does: (1.0f - 0.999f) is off by 1.3e-5. */
-    const float omb1 = (float)(1.0 - t->cfg.beta1), omb2 = (float)(1.0 - t->cfg.beta2);
-    const float lr = (float)t->cfg.learning_rate;
-    const float step_size = (float)(t->cfg.learning_rate / (1.0 - pow(t->cfg.beta1, step)));
-    const float inv_bc2_sqrt = (float)(1.0 / sqrt(1.0 - pow(t->cfg.beta2, step)));
-    const float eps = (float)t->cfg.eps;
-    const float wd = (float)t->cfg.weight_decay;
-    const bool decoupled = t->cfg.optimizer == MODEL_OPTIM_ADAMW;
-    const float adam_wd = decoupled ? 0.0f : wd;
-    const float decay = decoupled ? 1.0f - lr * wd : 1.0f;
+    float *restrict p = t->m->params + off;
+    float *restrict m1 = t->opt1 + off;
+    float *restrict m2 = t->opt2 + off;
+    float *restrict g = t->grads + off;
+    const float b1 = c->b1, b2 = c->b2, omb1 = c->omb1, omb2 = c->omb2;
+    const float step_size = c->step_size, inv_bc2_sqrt = c->inv_bc2_sqrt, eps = c->eps;
+    const float adam_wd = c->adam_wd, decay = c->decay;
     for (size_t i = 0; i < n; i++) {
         float pi = p[i] * decay;
         float gi = g[i] + adam_wd * pi;
@@ -288,17 +310,63 @@ MODEL_HOT static void adam_step(struct model_trainer *t)
         m1[i] = a;
         m2[i] = v;
         p[i] = pi - step_size * (a / (sqrtf(v) * inv_bc2_sqrt + eps));
+        g[i] = 0.0f;
     }
 }
 
-static void optimizer_step(struct model_trainer *t)
+/* Counts the step and computes its constants; the updates follow per layer. */
+static void optimizer_begin(struct model_trainer *t, struct optim_consts *c)
 {
+    const struct model_training *cfg = &t->cfg;
     t->step++;
     t->m->wt_fresh = false; /* the transposed inference copy no longer matches */
-    if (t->cfg.optimizer == MODEL_OPTIM_SGD)
-        sgd_step(t);
-    else
-        adam_step(t);
+    const double step = (double)t->step;
+    memset(c, 0, sizeof *c);
+    c->lr = (float)cfg->learning_rate;
+    c->wd = (float)cfg->weight_decay;
+    c->mom = (float)cfg->momentum;
+    c->damp = 1.0f - (float)cfg->dampening;
+    c->sgd_first = !t->opt1_init;
+    c->b1 = (float)cfg->beta1;
+    c->b2 = (float)cfg->beta2;
+    /* 1 - beta in double, then rounded, as torch does: (1.0f - 0.999f) is off by 1.3e-5. */
+    c->omb1 = (float)(1.0 - cfg->beta1);
+    c->omb2 = (float)(1.0 - cfg->beta2);
+    c->step_size = (float)(cfg->learning_rate / (1.0 - pow(cfg->beta1, step)));
+    c->inv_bc2_sqrt = (float)(1.0 / sqrt(1.0 - pow(cfg->beta2, step)));
+    c->eps = (float)cfg->eps;
+    const bool decoupled = cfg->optimizer == MODEL_OPTIM_ADAMW;
+    c->adam_wd = decoupled ? 0.0f : c->wd;
+    c->decay = decoupled ? 1.0f - c->lr * c->wd : 1.0f;
+}
+
+/* The step's constants and its trainer, for the backward hook. */
+struct optim_pass {
+    struct model_trainer *t;
+    struct optim_consts c;
+};
+
+/* backward_hook: steps layer l's weight and bias. */
+static void optimizer_layer_done(void *user, const struct layer *l)
+{
+    struct optim_pass *op = user;
+    const bool sgd = op->t->cfg.optimizer == MODEL_OPTIM_SGD;
+    const size_t off[2] = {l->w_off, l->b_off}, n[2] = {l->w_n, l->b_n};
+    for (int k = 0; k < 2; k++) {
+        if (n[k] == 0)
+            continue;
+        if (sgd)
+            sgd_update(op->t, &op->c, off[k], n[k]);
+        else
+            adam_update(op->t, &op->c, off[k], n[k]);
+    }
+}
+
+/* After every layer has stepped. */
+static void optimizer_end(struct model_trainer *t, const struct optim_consts *c)
+{
+    if (t->cfg.optimizer == MODEL_OPTIM_SGD && c->mom != 0.0f)
+        t->opt1_init = true;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -373,8 +441,11 @@ static int run_epoch(struct model_trainer *t, model_cancel_fn should_cancel, voi
                            "loss became %g at step %llu: lower the learning rate or check the "
                            "data",
                            loss, (unsigned long long)t->step + 1);
-        backward_pass(t->m, t->ws, t->dout, B, t->grads, NULL);
-        optimizer_step(t);
+        struct optim_pass op = {.t = t};
+        const struct backward_hook hook = {optimizer_layer_done, &op, true};
+        optimizer_begin(t, &op.c);
+        backward_pass(t->m, t->ws, t->dout, B, t->grads, NULL, &hook);
+        optimizer_end(t, &op.c);
         total += loss * (double)B;
     }
     *mean_loss = total / (double)N;

@@ -347,12 +347,12 @@ static void gc_run(const struct gc_case *c, size_t B)
         g.lab[b] = (int32_t)rng_below(&r, g.O);
 
     gc_loss(&g, x, true);
-    backward_pass(g.m, g.ws, g.dout, B, grads, dx);
+    backward_pass(g.m, g.ws, g.dout, B, grads, dx, NULL);
     /* The early-stop paths must agree with the full one. */
-    backward_pass(g.m, g.ws, g.dout, B, grads2, NULL);
+    backward_pass(g.m, g.ws, g.dout, B, grads2, NULL, NULL);
     CHECK_MSG(g.P == 0 || memcmp(grads, grads2, g.P * sizeof *grads) == 0,
               "%s B=%zu: grads differ without dx", c->name, B);
-    backward_pass(g.m, g.ws, g.dout, B, NULL, dx2);
+    backward_pass(g.m, g.ws, g.dout, B, NULL, dx2, NULL);
     CHECK_MSG(memcmp(dx, dx2, B * g.F * sizeof *dx) == 0, "%s B=%zu: dx differs without grads",
               c->name, B);
 
@@ -478,7 +478,7 @@ static void test_dropout_mask(void)
         R[i] = unif(&r, -1, 1);
     rng_seed(&r, DROP_SEED);
     forward_pass(m, ws, x, B, true, &r);
-    backward_pass(m, ws, R, B, grads, NULL);
+    backward_pass(m, ws, R, B, grads, NULL, NULL);
     const float *mask = ws->drop_mask + ws->drop_off[1];
     size_t zeros = 0, bad = 0;
     for (size_t i = 0; i < B * O; i++) {

@@ -1,8 +1,10 @@
 /*
  * tests/model/test_train.c - the training loop's contract: exact resume from a checkpoint
  * (weights and optimizer state, with shuffle and dropout on), cancellation within one batch,
- * callbacks, validation split, and checkpoints that refuse a model they were not made for.
+ * callbacks, validation split, checkpoints that refuse a model they were not made for, and
+ * optimizer steps taken inside the backward pass that equal the plain order bit for bit.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,11 +308,146 @@ static void test_bad_training_data(void)
     model_dataset_deinit(&ds);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The trainer steps each layer inside the backward pass (and lets the backward pass add into
+ * gradients it keeps at zero). That must give the same bits as the plain order: the whole
+ * backward pass into a fresh gradient buffer, then one torch.optim step over every
+ * parameter, written here as in torch's single-tensor implementations.
+ * ---------------------------------------------------------------------------------------- */
+
+/* Two Linear layers with ReLU between, and a Conv2d net, no dropout, so the reference below
+ * needs no dropout masks. */
+static const char plain_mlp_json[] =
+    "{\"format\": 1, \"task\": \"classification\","
+    " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [6]},"
+    " \"layers\": [{\"type\": \"Linear\", \"in_features\": 6, \"out_features\": 16},"
+    "  {\"type\": \"ReLU\"}, {\"type\": \"Linear\", \"in_features\": 16, \"out_features\": 8},"
+    "  {\"type\": \"Tanh\"}, {\"type\": \"Linear\", \"in_features\": 8, \"out_features\": 3}]}";
+
+static const char plain_conv_json[] =
+    "{\"format\": 1, \"task\": \"classification\","
+    " \"input\": {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [1, 2, 3]},"
+    " \"layers\": [{\"type\": \"Conv2d\", \"in_channels\": 1, \"out_channels\": 2,"
+    "  \"kernel_size\": 2, \"padding\": 1}, {\"type\": \"ReLU\"}, {\"type\": \"Flatten\"},"
+    "  {\"type\": \"Linear\", \"in_features\": 24, \"out_features\": 3}]}";
+
+/* One optimizer step over all n parameters, after the whole backward pass. */
+static void reference_step(const struct model_training *c, uint64_t step, float *p, const float *g,
+                           float *s1, float *s2, bool *s1_init, size_t n)
+{
+    const float lr = (float)c->learning_rate, wd = (float)c->weight_decay;
+    if (c->optimizer == MODEL_OPTIM_SGD) {
+        const float mom = (float)c->momentum, damp = 1.0f - (float)c->dampening;
+        for (size_t i = 0; i < n; i++) {
+            float d = g[i] + wd * p[i];
+            if (mom != 0.0f) {
+                s1[i] = *s1_init ? mom * s1[i] + damp * d : d;
+                d = c->nesterov ? d + mom * s1[i] : s1[i];
+            }
+            p[i] -= lr * d;
+        }
+        *s1_init = mom != 0.0f;
+        return;
+    }
+    const bool decoupled = c->optimizer == MODEL_OPTIM_ADAMW;
+    const float b1 = (float)c->beta1, b2 = (float)c->beta2;
+    const float omb1 = (float)(1.0 - c->beta1), omb2 = (float)(1.0 - c->beta2);
+    const float step_size = (float)(c->learning_rate / (1.0 - pow(c->beta1, (double)step)));
+    const float inv_bc2_sqrt = (float)(1.0 / sqrt(1.0 - pow(c->beta2, (double)step)));
+    const float eps = (float)c->eps, decay = decoupled ? 1.0f - lr * wd : 1.0f;
+    for (size_t i = 0; i < n; i++) {
+        float pi = p[i] * decay;
+        float gi = g[i] + (decoupled ? 0.0f : wd) * pi;
+        s1[i] = s1[i] * b1 + gi * omb1;
+        s2[i] = s2[i] * b2 + gi * gi * omb2;
+        p[i] = pi - step_size * (s1[i] / (sqrtf(s2[i]) * inv_bc2_sqrt + eps));
+    }
+}
+
+/* Trains json's model for 2 epochs of ds (file order) with the trainer and with the reference
+ * loop above; the weights must agree bit for bit. */
+static void check_against_reference(const char *json, const struct model_dataset *ds,
+                                    enum model_optimizer opt, double momentum, bool nesterov,
+                                    double dampening, double weight_decay)
+{
+    struct err e = {0};
+    struct model *m = load(json), *ref = load(json);
+    if (m == NULL || ref == NULL)
+        goto out;
+    struct model_training cfg = model_get_info(m)->training;
+    cfg.optimizer = opt;
+    cfg.learning_rate = opt == MODEL_OPTIM_SGD ? 0.05 : 0.01;
+    cfg.momentum = momentum;
+    cfg.nesterov = nesterov;
+    cfg.dampening = dampening;
+    cfg.weight_decay = weight_decay;
+    cfg.batch_size = 8;
+    cfg.epochs = 2;
+    cfg.shuffle = false;
+    struct model_trainer *tr = model_trainer_new(m, &cfg, ds, NULL, &e);
+    CHECK_MSG(tr != NULL && model_trainer_run(tr, NULL, NULL, NULL, &e) == INF_OK, "%s", e.msg);
+    model_trainer_free(tr);
+
+    const size_t n = ref->n_params, O = ref->info.out_size, F = ds->x_dim;
+    struct model_workspace *ws = model_workspace_new(ref, cfg.batch_size, &e);
+    float *g = calloc(n, sizeof *g), *s1 = calloc(n, sizeof *s1), *s2 = calloc(n, sizeof *s2);
+    float *dout = malloc(cfg.batch_size * O * sizeof *dout);
+    CHECK(ws && g && s1 && s2 && dout);
+    bool s1_init = false;
+    uint64_t step = 0;
+    for (int epoch = 0; ws && g && s1 && s2 && dout && epoch < cfg.epochs; epoch++) {
+        for (size_t start = 0; start < ds->n; start += cfg.batch_size) {
+            size_t B = ds->n - start < cfg.batch_size ? ds->n - start : cfg.batch_size;
+            const float *out = forward_pass(ref, ws, ds->x + start * F, B, true, NULL);
+            loss_cross_entropy(out, ds->labels + start, B, O, dout);
+            memset(g, 0xff, n * sizeof *g); /* NaNs: every gradient must be written */
+            backward_pass(ref, ws, dout, B, g, NULL, NULL);
+            reference_step(&cfg, ++step, ref->params, g, s1, s2, &s1_init, n);
+            ref->wt_fresh = false;
+        }
+        params_transpose(ref);
+    }
+    CHECK_MSG(memcmp(model_params(m), ref->params, n * sizeof *g) == 0,
+              "%s momentum %g nesterov %d: the trainer differs from the reference",
+              model_optimizer_name(opt), momentum, nesterov);
+    model_workspace_free(ws);
+    free(g);
+    free(s1);
+    free(s2);
+    free(dout);
+out:
+    model_free(m);
+    model_free(ref);
+}
+
+static void test_steps_match_reference(void)
+{
+    struct model_dataset ds, img;
+    struct err e = {0};
+    make_data(&ds);
+    CHECK(model_dataset_init(&img, ds.n, 6, 0, &e) == INF_OK); /* the same rows as 1x2x3 */
+    memcpy(img.x, ds.x, ds.n * 6 * sizeof *ds.x);
+    memcpy(img.labels, ds.labels, ds.n * sizeof *ds.labels);
+    const char *nets[2] = {plain_mlp_json, plain_conv_json};
+    const struct model_dataset *data[2] = {&ds, &img};
+    for (int k = 0; k < 2; k++) {
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_ADAM, 0, false, 0, 0);
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_ADAM, 0, false, 0, 0.01);
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_ADAMW, 0, false, 0, 0.01);
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_SGD, 0, false, 0, 0.001);
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_SGD, 0.9, false, 0.1, 0.001);
+        check_against_reference(nets[k], data[k], MODEL_OPTIM_SGD, 0.9, true, 0, 0.001);
+    }
+    model_dataset_deinit(&ds);
+    model_dataset_deinit(&img);
+}
+
 int main(void)
 {
     RUN(test_resume_adam);
     RUN(test_resume_adamw);
     RUN(test_resume_sgd_momentum);
+    RUN(test_steps_match_reference);
     RUN(test_cancel_and_callbacks);
     RUN(test_split_deterministic);
     RUN(test_checkpoint_mismatch);
