@@ -4,14 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "dataset.h"
 #include "oip.h"
 
-/* Parses one line's object into row i of ds. */
-static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t lineno,
-                      dataset_text_fn text_fn, void *user, struct model_dataset *ds, struct err *e)
+/* Parses one line's object into row i of ds. pre: the input's raw_size floats already
+ * converted by the fast path (obj's "input" is then []), or NULL. */
+static int parse_line(const struct model *m, const json_t *obj, const float *pre, size_t i,
+                      size_t lineno, dataset_text_fn text_fn, void *user, struct model_dataset *ds,
+                      struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     char what[64];
@@ -49,10 +49,14 @@ static int parse_line(const struct model *m, const json_t *obj, size_t i, size_t
             model_featurize_text(m, text, tlen, x, NULL);
         }
     } else {
-        int rc = oip_tensor_from_json(input, info->input_datatype, info->input_shape,
-                                      info->input_rank, info->raw_size, x, what, e);
-        if (rc)
-            return rc;
+        if (pre != NULL) {
+            memcpy(x, pre, info->raw_size * sizeof *x);
+        } else {
+            int rc = oip_tensor_from_json(input, info->input_datatype, info->input_shape,
+                                          info->input_rank, info->raw_size, x, what, e);
+            if (rc)
+                return rc;
+        }
         model_featurize_tensor(m, x, 1, x, NULL);
     }
     const json_t *label = json_object_get(obj, "label");
@@ -115,9 +119,59 @@ bool dataset_field_known(const char *key)
     return false;
 }
 
-int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
-                        dataset_text_fn text_fn, void *user, struct model_dataset *ds,
-                        struct err *e)
+/*
+ * The fast path for one line (see dataset.h): INF_OK with row i filled, or INF_ENOTFOUND for
+ * the caller to parse the line with jansson (also when the line has an error: jansson's
+ * message is the one reported). Only INF_ENOMEM is final.
+ */
+int dataset_fast_split(const char *line, size_t len, size_t max_values, float **vals, size_t *n,
+                       int64_t *dims, int *rank, json_t **rest)
+{
+    char *text = NULL;
+    size_t text_len = 0;
+    struct err fe = {0};
+    int rc = oip_fast_extract_member(line, len, "input", max_values, vals, n, dims, rank, &text,
+                                     &text_len, &fe);
+    if (rc != INF_OK)
+        return rc == INF_ENOMEM ? rc : INF_ENOTFOUND;
+    json_error_t je;
+    *rest = json_loadb(text, text_len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
+    if (*rest == NULL) {
+        free(*vals);
+        *vals = NULL;
+        return INF_ENOTFOUND;
+    }
+    return INF_OK;
+}
+
+static int fast_line(const struct model *m, const char *line, size_t len, size_t i, size_t lineno,
+                     dataset_text_fn text_fn, void *user, struct model_dataset *ds)
+{
+    const struct model_info *info = model_get_info(m);
+    float *vals = NULL;
+    size_t n = 0;
+    int64_t dims[OIP_FAST_MAX_RANK];
+    int rank = 0;
+    json_t *obj = NULL;
+    int rc = dataset_fast_split(line, len, info->raw_size, &vals, &n, dims, &rank, &obj);
+    if (rc != INF_OK)
+        return rc;
+    /* The shapes oip_tensor_from_json accepts: flat, or nested exactly as the input shape. */
+    bool fits = n == info->raw_size && (rank == 1 || rank == info->input_rank);
+    for (int k = 0; fits && rank > 1 && k < rank; k++)
+        fits = dims[k] == info->input_shape[k];
+    struct err le = {0};
+    rc = fits && parse_line(m, obj, vals, i, lineno, text_fn, user, ds, &le) == INF_OK
+             ? INF_OK
+             : INF_ENOTFOUND;
+    json_decref(obj);
+    free(vals);
+    return rc;
+}
+
+static int parse_jsonl(const struct model *m, const char *data, size_t len, dataset_text_fn text_fn,
+                       void *user, struct model_dataset *ds, bool fast, struct err *e)
 {
     const struct model_info *info = model_get_info(m);
     /* First pass: count non-blank lines, check line lengths. */
@@ -152,6 +206,18 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
         bool blank = true;
         for (size_t k = pos; k < end && blank; k++)
             blank = data[k] == ' ' || data[k] == '\t' || data[k] == '\r';
+        if (!blank && fast) {
+            rc = fast_line(m, data + pos, end - pos, i, lineno, text_fn, user, ds);
+            if (rc == INF_ENOMEM) {
+                err_set(e, rc, "line %zu: out of memory parsing it", lineno);
+                goto fail;
+            }
+            if (rc == INF_OK) {
+                i++;
+                pos = end + 1;
+                continue;
+            }
+        }
         if (!blank) {
             json_error_t je;
             json_t *obj = json_loadb(data + pos, end - pos, JSON_REJECT_DUPLICATES, &je);
@@ -163,7 +229,7 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
                                    je.column, je.text);
                 goto fail;
             }
-            rc = parse_line(m, obj, i, lineno, text_fn, user, ds, e);
+            rc = parse_line(m, obj, NULL, i, lineno, text_fn, user, ds, e);
             json_decref(obj);
             if (rc)
                 goto fail;
@@ -175,6 +241,22 @@ int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
 fail:
     model_dataset_deinit(ds);
     return rc;
+}
+
+int dataset_parse_jsonl(const struct model *m, const char *data, size_t len,
+                        dataset_text_fn text_fn, void *user, struct model_dataset *ds,
+                        struct err *e)
+{
+    const struct model_info *info = model_get_info(m);
+    bool fast = info->input_kind != MODEL_INPUT_TEXT && strcmp(info->input_datatype, "FP32") == 0;
+    return parse_jsonl(m, data, len, text_fn, user, ds, fast, e);
+}
+
+int dataset_parse_jsonl_reference(const struct model *m, const char *data, size_t len,
+                                  dataset_text_fn text_fn, void *user, struct model_dataset *ds,
+                                  struct err *e)
+{
+    return parse_jsonl(m, data, len, text_fn, user, ds, false, e);
 }
 
 int dataset_load_jsonl(const struct model *m, const char *path, size_t max_bytes,

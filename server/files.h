@@ -80,9 +80,16 @@ void file_store_free(struct file_store *fs);
  * a label integer must be >= 0.
  * Fails fast (at the first bad line) with INF_EINVAL and a message naming the line
  * ("line 17: ..."), or INF_ELIMIT for the limits. *n_examples (optional) gets the count.
+ * A tensor line's "input" array is scanned without jansson (oip_fast_extract_member); lines
+ * the fast path does not take, and every error, go through jansson (same verdicts, same
+ * messages).
  */
 int file_validate_training(const char *data, size_t len, const struct file_limits *lim,
                            size_t *n_examples, struct err *e);
+
+/* file_validate_training with every line through jansson: the reference tests compare with. */
+int file_validate_training_reference(const char *data, size_t len, const struct file_limits *lim,
+                                     size_t *n_examples, struct err *e);
 
 /*
  * Stores data[0..len) as a new file (sealed, fsynced, then its metadata atomically) and fills

@@ -572,23 +572,22 @@ static bool run_should_cancel(void *user)
     int64_t now = mono_ns();
     int64_t pause = train_gate_pause(&c->gate, now, atomic_load(&srv->inflight),
                                      atomic_load(&srv->last_request_ns));
-    int64_t paused_from = now;
     while (pause > 0 && !atomic_load(&c->j->cancel) && !atomic_load(&c->q->stopping)) {
         int64_t slice = pause < 5000000 ? pause : 5000000;
         struct timespec ts = {0, (long)slice};
         nanosleep(&ts, NULL);
         int64_t t = mono_ns();
         pause -= t - now;
+        /* counted as it goes, so /metrics shows a long pause while it lasts */
+        metrics_counter_add(srv->metrics, "infera_training_paused_seconds",
+                            "Seconds fine-tuning jobs paused between batches for requests "
+                            "(--train-busy-percent)",
+                            NULL, NULL, (double)(t - now) / 1e9);
         now = t;
         if (train_gate_idle(&c->gate, now, atomic_load(&srv->inflight),
                             atomic_load(&srv->last_request_ns)))
             break;
     }
-    if (now > paused_from)
-        metrics_counter_add(srv->metrics, "infera_training_paused_seconds",
-                            "Seconds fine-tuning jobs paused between batches for requests "
-                            "(--train-busy-percent)",
-                            NULL, NULL, (double)(now - paused_from) / 1e9);
     train_gate_start(&c->gate, now);
     return atomic_load(&c->j->cancel) || atomic_load(&c->q->stopping);
 }

@@ -301,11 +301,12 @@ struct data {
     int64_t dims[OIP_FAST_MAX_RANK]; /* 0 until the first array at that level closes */
     size_t count[OIP_FAST_MAX_RANK]; /* elements so far in the open array at each level */
     const char *begin, *end;         /* the array in the body, once parsed */
+    const char *name;                /* the array in messages: "inputs[0].data" or the key */
 };
 
 static int data_err(const struct data *d, struct err *e, const char *what)
 {
-    return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: %s", d->n, what);
+    return err_set(e, INF_EINVAL, "%s[%zu]: %s", d->name, d->n, what);
 }
 
 /* A byte that cannot end a number: whatever it is part of is reported as the "number". */
@@ -322,17 +323,16 @@ static int bad_number(const struct data *d, const char *p, const char *end, stru
         len++;
     if (len == 0)
         return p == end ? data_err(d, e, "unterminated array")
-                        : err_set(e, INF_EINVAL, "inputs[0].data[%zu]: unexpected byte 0x%02x",
-                                  d->n, (unsigned char)*p);
-    return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: invalid number \"%.*s\"", d->n, (int)len,
-                   p);
+                        : err_set(e, INF_EINVAL, "%s[%zu]: unexpected byte 0x%02x", d->name, d->n,
+                                  (unsigned char)*p);
+    return err_set(e, INF_EINVAL, "%s[%zu]: invalid number \"%.*s\"", d->name, d->n, (int)len, p);
 }
 
 static int data_push(struct data *d, float v, struct err *e)
 {
     if (d->n == d->cap) {
         if (d->n >= d->max)
-            return err_set(e, INF_ELIMIT, "inputs[0].data: more than %zu elements", d->max);
+            return err_set(e, INF_ELIMIT, "%s: more than %zu elements", d->name, d->max);
         size_t cap = d->cap == 0 ? (d->max < 1024 ? d->max : 1024)
                                  : (d->cap <= d->max / 2 ? d->cap * 2 : d->max);
         size_t bytes;
@@ -365,12 +365,12 @@ static int data_element(struct data *d, const char **pp, const char *end, struct
     double v;
     int rc = num_value(&n, &v);
     if (rc == INF_EINVAL)
-        return err_set(e, rc, "inputs[0].data[%zu]: integer %.*s is out of range", d->n,
+        return err_set(e, rc, "%s[%zu]: integer %.*s is out of range", d->name, d->n,
                        n.len > 32 ? 32 : (int)n.len, p);
     if (rc != INF_OK)
         return rc == INF_ENOMEM ? err_set(e, rc, "out of memory") : rc;
     if (!(fabs(v) < FLT_OVERFLOW_EDGE))
-        return err_set(e, INF_EINVAL, "inputs[0].data[%zu]: %.*s is not a finite FP32 value", d->n,
+        return err_set(e, INF_EINVAL, "%s[%zu]: %.*s is not a finite FP32 value", d->name, d->n,
                        n.len > 32 ? 32 : (int)n.len, p);
     *pp = q;
     return data_push(d, (float)v, e);
@@ -381,9 +381,9 @@ static int count_element(struct data *d, int level, struct err *e)
 {
     if (++d->count[level] > (size_t)d->dims[level] && d->dims[level] != 0)
         return err_set(e, INF_EINVAL,
-                       "inputs[0].data[%zu]: ragged array: more than the %lld elements of the "
+                       "%s[%zu]: ragged array: more than the %lld elements of the "
                        "first array at depth %d",
-                       d->n, (long long)d->dims[level], level);
+                       d->name, d->n, (long long)d->dims[level], level);
     return INF_OK;
 }
 
@@ -439,9 +439,9 @@ static int parse_data(struct scan *s, struct data *d, struct err *e)
                 d->dims[level] = (int64_t)d->count[level];
             else if ((size_t)d->dims[level] != d->count[level])
                 return err_set(e, INF_EINVAL,
-                               "inputs[0].data[%zu]: ragged array: %zu elements in an array at "
+                               "%s[%zu]: ragged array: %zu elements in an array at "
                                "depth %d, the first there has %lld",
-                               d->n, d->count[level], level, (long long)d->dims[level]);
+                               d->name, d->n, d->count[level], level, (long long)d->dims[level]);
             if (depth == 0) {
                 s->p = p;
                 return INF_OK;
@@ -559,14 +559,16 @@ static int parse_inputs(struct scan *s, struct data *d, struct err *e)
     return eat(s, ']') ? INF_OK : INF_ENOTFOUND;
 }
 
-static int parse_document(struct scan *s, struct data *d, struct err *e)
+/* The top-level object: the data array is inputs[0].data when key is NULL, else the value of
+ * the top-level member key. */
+static int parse_document(struct scan *s, struct data *d, const char *key, struct err *e)
 {
-    bool first = true, is_inputs, seen = false;
+    bool first = true, is_key, seen = false;
     int k, rc;
     if (!eat(s, '{'))
         return INF_ENOTFOUND;
-    while ((k = member_next(s, &first, "inputs", &is_inputs)) > 0) {
-        if (!is_inputs) {
+    while ((k = member_next(s, &first, key ? key : "inputs", &is_key)) > 0) {
+        if (!is_key) {
             if (!skip_value(s, 1))
                 return INF_ENOTFOUND;
             continue;
@@ -574,7 +576,17 @@ static int parse_document(struct scan *s, struct data *d, struct err *e)
         if (seen)
             return INF_ENOTFOUND; /* a duplicate: jansson rejects it */
         seen = true;
-        if ((rc = parse_inputs(s, d, e)))
+        if (key == NULL) {
+            rc = parse_inputs(s, d, e);
+        } else {
+            skip_ws(s);
+            if (!at(s, '['))
+                return INF_ENOTFOUND;
+            d->begin = s->p;
+            rc = parse_data(s, d, e);
+            d->end = s->p;
+        }
+        if (rc)
             return rc;
     }
     if (k < 0 || !seen)
@@ -583,17 +595,17 @@ static int parse_document(struct scan *s, struct data *d, struct err *e)
     return s->p == s->end ? INF_OK : INF_ENOTFOUND;
 }
 
-int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, float **vals,
-                          size_t *n, int64_t *dims, int *rank, char **rest, size_t *rest_len,
-                          struct err *e)
+static int extract(const char *body, size_t len, const char *key, size_t max_elements, float **vals,
+                   size_t *n, int64_t *dims, int *rank, char **rest, size_t *rest_len,
+                   struct err *e)
 {
-    struct data d = {.max = max_elements};
+    struct data d = {.max = max_elements, .name = key ? key : "inputs[0].data"};
     size_t head, tail, rlen;
     char *r;
     if (body == NULL)
         return INF_ENOTFOUND;
     struct scan s = {body, body + len};
-    int rc = parse_document(&s, &d, e);
+    int rc = parse_document(&s, &d, key, e);
     if (rc != INF_OK)
         goto out;
     /* The array is at least "[0]", so rest is shorter than body: no overflow. */
@@ -619,4 +631,20 @@ int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, flo
 out:
     free(d.vals);
     return rc;
+}
+
+int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, float **vals,
+                          size_t *n, int64_t *dims, int *rank, char **rest, size_t *rest_len,
+                          struct err *e)
+{
+    return extract(body, len, NULL, max_elements, vals, n, dims, rank, rest, rest_len, e);
+}
+
+int oip_fast_extract_member(const char *body, size_t len, const char *key, size_t max_elements,
+                            float **vals, size_t *n, int64_t *dims, int *rank, char **rest,
+                            size_t *rest_len, struct err *e)
+{
+    if (key == NULL)
+        return INF_ENOTFOUND;
+    return extract(body, len, key, max_elements, vals, n, dims, rank, rest, rest_len, e);
 }

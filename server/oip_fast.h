@@ -99,4 +99,16 @@ int oip_fast_extract_data(const char *body, size_t len, size_t max_elements, flo
                           size_t *n, int64_t *dims, int *rank, char **rest, size_t *rest_len,
                           struct err *e);
 
+/*
+ * The same for the value of the top-level member key of a JSON object (a JSONL training line's
+ * "input": {"input": [[0, 3], [1, 2]], "label": 1}), with the same statuses and guarantees:
+ * only a top-level key counts (nested objects and string values are skipped), two such keys
+ * or a value that is not an array of numbers give INF_ENOTFOUND, and *rest is the object with
+ * that array replaced by `[]`. Error messages name the array by key ("input[12]: ...").
+ * key NULL: INF_ENOTFOUND.
+ */
+int oip_fast_extract_member(const char *body, size_t len, const char *key, size_t max_elements,
+                            float **vals, size_t *n, int64_t *dims, int *rank, char **rest,
+                            size_t *rest_len, struct err *e);
+
 #endif /* INFERA_SERVER_OIP_FAST_H */
