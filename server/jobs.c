@@ -970,7 +970,10 @@ static void *worker_main(void *arg)
     /* Training yields to inference: SCHED_IDLE for this thread only, so it runs on whatever
      * CPU inference leaves and never takes a core from a request (nice 10 still took ~64% of
      * a core under load: bench/jobs). On an idle machine it trains at full speed. If the
-     * policy is refused (a sandbox), nice 10 is the fallback; failure only costs fairness. */
+     * policy is refused (a sandbox), nice 10 is the fallback; failure only costs fairness.
+     * SCHED_IDLE alone still let a job beside inference triple p99 (shared caches and disk):
+     * run_should_cancel adds the train gate's pauses while requests are being served. The
+     * job's persister thread inherits the policy. */
     struct sched_param sp = {0};
     if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0 &&
         setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
