@@ -4,6 +4,10 @@
  *
  * Input: the JSONL file.
  *
+ * Every file is parsed twice, by dataset_parse_jsonl (its fast path converts tensor lines'
+ * input arrays without jansson) and dataset_parse_jsonl_reference (jansson only): the same
+ * status, message and bits.
+ *
  * Properties on success: one sample per non-blank line, the data set fits the model
  * (model_dataset_check), every feature and target finite. On failure: a status and a
  * message naming the line ("line N: ..." or the file-level "the file holds no samples").
@@ -49,6 +53,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = dataset_parse_jsonl(m, (const char *)data, size,
                                      k == FUZZ_MODEL_TEXT ? mask_fn : NULL, NULL, &ds, &e);
         FUZZ_DEBUG("model %d: %d %s", k, rc, e.msg);
+        /* The fast path (tensor lines without jansson) agrees with jansson on everything. */
+        struct model_dataset rs = {0};
+        struct err re = {0};
+        int rr = dataset_parse_jsonl_reference(
+            m, (const char *)data, size, k == FUZZ_MODEL_TEXT ? mask_fn : NULL, NULL, &rs, &re);
+        if (rc != INF_ENOMEM && rr != INF_ENOMEM) {
+            FUZZ_CHECK(rr == rc && strcmp(re.msg, e.msg) == 0,
+                       "fast path %d \"%s\", jansson %d \"%s\"", rc, e.msg, rr, re.msg);
+            if (rc == INF_OK) {
+                FUZZ_CHECK(rs.n == ds.n && memcmp(rs.x, ds.x, ds.n * ds.x_dim * sizeof *ds.x) == 0,
+                           "the fast path's features differ from jansson's");
+                FUZZ_CHECK(
+                    (ds.labels == NULL ||
+                     memcmp(rs.labels, ds.labels, ds.n * sizeof *ds.labels) == 0) &&
+                        (ds.targets == NULL ||
+                         memcmp(rs.targets, ds.targets, ds.n * ds.y_dim * sizeof *ds.targets) == 0),
+                    "the fast path's labels or targets differ from jansson's");
+            }
+        }
+        if (rr == INF_OK)
+            model_dataset_deinit(&rs);
         if (rc != INF_OK) {
             FUZZ_CHECK(rc == INF_EINVAL || rc == INF_ELIMIT || rc == INF_ENOMEM, "status %d (%s)",
                        rc, e.msg);

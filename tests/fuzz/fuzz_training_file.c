@@ -4,6 +4,10 @@
  *
  * Input: the file (any bytes; the check sees an exact-size copy).
  *
+ * Every check runs twice, file_validate_training (its fast path scans tensor lines' input
+ * arrays without jansson) and file_validate_training_reference (jansson only): the same
+ * status, message and count.
+ *
  * Properties: the status is INF_OK, INF_EINVAL, INF_ELIMIT or INF_ENOMEM, e.status matches and
  * the message names the line ("line N: ..." with 1 <= N <= the lines of the file) except the
  * file-level ones (empty, only blank lines, over the byte limit). On success the count is the
@@ -46,7 +50,15 @@ static int validate(const char *d, size_t n, const struct file_limits *lim, size
     const size_t untouched = (size_t)-7;
     *count = untouched;
     int rc = file_validate_training(copy, n, lim, count, e);
+    /* The fast path (tensor lines' input arrays without jansson) agrees with jansson. */
+    size_t rcount = untouched;
+    struct err re = {0};
+    int rr = file_validate_training_reference(copy, n, lim, &rcount, &re);
     free(copy);
+    if (rc != INF_ENOMEM && rr != INF_ENOMEM)
+        FUZZ_CHECK(rr == rc && strcmp(re.msg, e->msg) == 0 && rcount == *count,
+                   "fast path %d \"%s\" (%zu), jansson %d \"%s\" (%zu)", rc, e->msg, *count, rr,
+                   re.msg, rcount);
     size_t lines = 0, examples = count_examples(d, n, &lines);
     if (rc == INF_OK) {
         FUZZ_CHECK(*count >= 1 && *count == examples, "%zu examples counted, %zu non-blank lines",
