@@ -42,13 +42,6 @@ static uint32_t id_hash(const char *s)
     return h;
 }
 
-static int64_t mono_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 struct limiter *limiter_new(void)
 {
     struct limiter *l = calloc(1, sizeof *l);
@@ -162,7 +155,7 @@ enum limit_result limiter_acquire(struct limiter *l, const char *key_id,
                                   unsigned *retry_after_s)
 {
     if (now_ns == 0)
-        now_ns = mono_now_ns();
+        now_ns = mono_ns();
     double rate = lim->rate > 0 && isfinite(lim->rate) ? lim->rate : 0;
     double capacity = lim->burst >= 1 && isfinite(lim->burst) ? lim->burst : 1;
     uint32_t h = id_hash(key_id);
@@ -235,7 +228,7 @@ void limiter_release(struct limiter *l, const char *key_id)
 size_t limiter_evict_idle(struct limiter *l, int64_t now_ns)
 {
     if (now_ns == 0)
-        now_ns = mono_now_ns();
+        now_ns = mono_ns();
     pthread_mutex_lock(&l->mu);
     size_t n = evict_locked(l, now_ns);
     pthread_mutex_unlock(&l->mu);

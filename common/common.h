@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* ------------------------------------------------------------------------------------------
  * Status codes
@@ -107,6 +108,24 @@ static inline bool size_add_ok(size_t a, size_t b, size_t *out)
         return false;
     *out = r;
     return true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Time
+ * ---------------------------------------------------------------------------------------- */
+
+/* ts in nanoseconds (fits int64 for 292 years from the clock's epoch). */
+static inline int64_t timespec_ns(const struct timespec *ts)
+{
+    return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
+
+/* CLOCK_MONOTONIC now, in nanoseconds. */
+static inline int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return timespec_ns(&ts);
 }
 
 /* The value of a hexadecimal digit (0-9, a-f, A-F), or -1. */

@@ -364,9 +364,7 @@ static struct request *request_new(struct server *srv, struct MHD_Connection *co
     if (rq->route == NULL && path_match != NULL)
         rq->route = path_match; /* for the 405's Allow header; flagged by the method */
     atomic_fetch_add(&srv->inflight, 1);
-    atomic_store_explicit(&srv->last_request_ns,
-                          (long long)rq->start.tv_sec * 1000000000LL + rq->start.tv_nsec,
-                          memory_order_relaxed);
+    atomic_store_explicit(&srv->last_request_ns, timespec_ns(&rq->start), memory_order_relaxed);
     return rq;
 }
 

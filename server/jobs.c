@@ -552,13 +552,6 @@ struct persister {
     size_t len, n_train;
 };
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* Called before every batch: the gate's pause while the server is busy (train_gate.h), in
  * slices of at most 5 ms so that cancel and shutdown still take effect within one batch and
  * the pause ends as soon as the server is idle. */

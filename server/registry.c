@@ -67,7 +67,7 @@ static long long mtime_ns(const char *dir)
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         if (stat(path, &st) == 0) {
-            long long t = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+            long long t = timespec_ns(&st.st_mtim);
             if (t > best)
                 best = t;
         }
