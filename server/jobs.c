@@ -546,9 +546,10 @@ struct persister {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool has_work, busy, quit;
+    bool pending; /* an epoch is handed over and not yet persisted: the fields below are its */
+    bool quit;
     struct model_epoch_stats s;
-    void *ckpt; /* owned while has_work */
+    void *ckpt; /* owned by the persister while pending */
     size_t len, n_train;
 };
 
@@ -692,24 +693,20 @@ static void *persister_main(void *arg)
     struct persister *p = c->persist;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->has_work && !p->quit)
+        while (!p->pending && !p->quit)
             pthread_cond_wait(&p->cv, &p->mu);
-        if (!p->has_work)
+        if (!p->pending)
             break;
-        struct model_epoch_stats s = p->s;
-        void *ckpt = p->ckpt;
-        size_t len = p->len, n_train = p->n_train;
-        p->ckpt = NULL;
-        p->has_work = false;
-        p->busy = true;
         bool failed = c->failed;
+        /* The worker leaves the fields alone while pending. */
         pthread_mutex_unlock(&p->mu);
         if (!failed) /* after a failure later epochs are not persisted: the job fails */
-            failed = persist_epoch(c, &s, ckpt, len, n_train);
-        free(ckpt);
+            failed = persist_epoch(c, &p->s, p->ckpt, p->len, p->n_train);
+        free(p->ckpt);
         pthread_mutex_lock(&p->mu);
+        p->ckpt = NULL;
         c->failed = failed;
-        p->busy = false;
+        p->pending = false;
         pthread_cond_broadcast(&p->cv);
     }
     pthread_mutex_unlock(&p->mu);
@@ -765,7 +762,7 @@ static int run_on_epoch(const struct model_epoch_stats *s, void *ckpt, size_t le
         failed = c->failed;
     } else {
         pthread_mutex_lock(&p->mu);
-        while (p->has_work || p->busy)
+        while (p->pending)
             pthread_cond_wait(&p->cv, &p->mu);
         failed = c->failed;
         if (!failed) {
@@ -773,7 +770,7 @@ static int run_on_epoch(const struct model_epoch_stats *s, void *ckpt, size_t le
             p->ckpt = ckpt;
             p->len = len;
             p->n_train = n_train;
-            p->has_work = true;
+            p->pending = true;
             ckpt = NULL;
             pthread_cond_broadcast(&p->cv);
         }
