@@ -119,11 +119,7 @@ bool dataset_field_known(const char *key)
     return false;
 }
 
-/*
- * The fast path for one line (see dataset.h): INF_OK with row i filled, or INF_ENOTFOUND for
- * the caller to parse the line with jansson (also when the line has an error: jansson's
- * message is the one reported). Only INF_ENOMEM is final.
- */
+/* See dataset.h. */
 int dataset_fast_split(const char *line, size_t len, size_t max_values, float **vals, size_t *n,
                        int64_t *dims, int *rank, json_t **rest)
 {
@@ -145,6 +141,11 @@ int dataset_fast_split(const char *line, size_t len, size_t max_values, float **
     return INF_OK;
 }
 
+/*
+ * The fast path for one line (see dataset.h): INF_OK with row i filled, or INF_ENOTFOUND for
+ * the caller to parse the line with jansson (also when the line has an error: jansson's
+ * message is the one reported). Only INF_ENOMEM is final.
+ */
 static int fast_line(const struct model *m, const char *line, size_t len, size_t i, size_t lineno,
                      dataset_text_fn text_fn, void *user, struct model_dataset *ds)
 {
